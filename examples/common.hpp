@@ -1,0 +1,102 @@
+// examples/common.hpp — what every example shares: the command-line flags,
+// counting heap allocations per training step, and the closing RESULT line.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "alloc_counter.hpp"
+#include "nn.hpp"
+
+struct ExampleArgs {
+    int epochs = 0;  // 0: the example's default
+    int batch = 0;
+    int threads = 1;
+    unsigned long long seed = 0;
+    const char* data = nullptr;
+    int verbose = 1;
+};
+
+inline void example_usage(const char* prog) {
+    std::fprintf(stderr,
+                 "usage: %s [--epochs N] [--batch B] [--threads T] [--data DIR] [--seed S] [--verbose 0|1|2]\n", prog);
+}
+
+// Parses the common flags; exits with a message on anything else.
+inline ExampleArgs parse_args(int argc, char** argv) {
+    ExampleArgs a;
+    for (int i = 1; i < argc; ++i) {
+        const char* f = argv[i];
+        const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
+        auto need = [&](const char* flag) {
+            if (!v) {
+                std::fprintf(stderr, "%s: %s needs a value\n", argv[0], flag);
+                example_usage(argv[0]);
+                std::exit(2);
+            }
+        };
+        auto number = [&](const char* flag, long lo) {
+            need(flag);
+            char* end = nullptr;
+            long n = std::strtol(v, &end, 10);
+            if (!end || *end || n < lo) {
+                std::fprintf(stderr, "%s: %s takes a whole number >= %ld, got '%s'\n", argv[0], flag, lo, v);
+                std::exit(2);
+            }
+            ++i;
+            return n;
+        };
+        if (!std::strcmp(f, "--epochs")) a.epochs = (int)number(f, 1);
+        else if (!std::strcmp(f, "--batch")) a.batch = (int)number(f, 1);
+        else if (!std::strcmp(f, "--threads")) a.threads = (int)number(f, 1);
+        else if (!std::strcmp(f, "--seed")) a.seed = (unsigned long long)number(f, 0);
+        else if (!std::strcmp(f, "--verbose")) a.verbose = (int)number(f, 0);
+        else if (!std::strcmp(f, "--data")) { need(f); a.data = v; ++i; }
+        else if (!std::strcmp(f, "--help") || !std::strcmp(f, "-h")) { example_usage(argv[0]); std::exit(0); }
+        else {
+            std::fprintf(stderr, "%s: unknown flag '%s'\n", argv[0], f);
+            example_usage(argv[0]);
+            std::exit(2);
+        }
+    }
+    nn::set_num_threads(a.threads);
+    return a;
+}
+
+// Counts heap allocations between the end of the first training step and the
+// end of the last one: every step after setup. Hand it to FitOptions.
+struct StepAllocCounter {
+    long long at_first = -1, at_last = 0;
+    long long steps = 0;
+    static void on_batch_end(void* self, int, int64_t, float) {
+        StepAllocCounter* c = static_cast<StepAllocCounter*>(self);
+        long long now = heap_allocs();
+        if (c->at_first < 0) c->at_first = now;
+        else ++c->steps;
+        c->at_last = now;
+    }
+    void attach(nn::FitOptions& o) {
+        o.on_batch_end = &StepAllocCounter::on_batch_end;
+        o.user = this;
+    }
+    double per_step() const { return steps ? (double)(at_last - at_first) / (double)steps : 0.0; }
+};
+
+inline double mean_epoch_seconds(const nn::History& h) {
+    double s = 0;
+    for (const nn::EpochStats& e : h.epochs) s += e.seconds;
+    return h.epochs.empty() ? 0.0 : s / (double)h.epochs.size();
+}
+
+inline void print_result(const char* name, int epochs, double seconds_per_epoch, double test_acc,
+                         size_t arena_bytes, double allocs_per_step) {
+    std::printf("RESULT example=%s epochs=%d seconds_per_epoch=%.3f test_acc=%.4f arena_bytes=%zu "
+                "heap_allocs_per_step=%g\n",
+                name, epochs, seconds_per_epoch, test_acc, arena_bytes, allocs_per_step);
+}
+
+inline int fail(const nn::Status& st) {
+    std::fprintf(stderr, "error: %s\n", st.message());
+    return 1;
+}

@@ -1,0 +1,404 @@
+// kernels/gemm.hpp — single-precision matrix multiply, BLIS style.
+//
+//   C := alpha * op(A) * op(B) + beta * C   (+ bias[j] added to every row of C)
+//
+// op(A) is M x K and op(B) is K x N; C is M x N. Every matrix is row-major
+// with an explicit row stride ("leading dimension"):
+//   A is stored (M, K) with row stride lda, or (K, M) when trans_a;
+//   B is stored (K, N) with row stride ldb, or (N, K) when trans_b;
+//   C is stored (M, N) with row stride ldc.
+// beta == 0 means "overwrite": C is never read, so NaN or garbage in C
+// cannot leak into the result (the BLAS convention).
+//
+// How it is organised (read top to bottom):
+//   1. tile and block sizes, with how they were chosen;
+//   2. the micro-kernel: an MR x NR tile of C kept in registers while it
+//      walks kc steps of an A sliver and a packed B sliver (one rank-1
+//      update per step), and the edge-tile wrapper for ragged borders;
+//   3. the packing routines, which copy a panel of op(B) and a block of
+//      op(A) into the sliver layouts the micro-kernel reads, taking care of
+//      transposes and zero-padding ragged edges;
+//   4. gemm_f32: the five BLIS loops around the micro-kernel;
+//   5. gemm_f32_ref: the plain triple loop, the reference for the tests.
+//
+// The caller owns the packing scratch (gemm_pack_floats() floats, 64-byte
+// aligned, from its arena): nothing here allocates.
+#pragma once
+
+#include "simd.hpp"
+
+#include <cstddef>
+
+namespace nn {
+
+// ---------------------------------------------------------------------------
+// 1. Tile and block sizes
+// ---------------------------------------------------------------------------
+// Register tile MR x NR, NR = NV vectors. The tile of C takes MR * NV
+// accumulator registers, plus NV for a row of the B sliver and one for a
+// broadcast of A:
+//   32 vector registers (AVX-512, aarch64 NEON): 8 x 2 vectors, 16 + 2 + 1
+//      (8 x 32 floats on AVX-512, 8 x 8 on NEON);
+//   16 vector registers (AVX2, armhf NEON):      6 x 2 vectors, 12 + 2 + 1
+//      (6 x 16 floats on AVX2, 6 x 8 on NEON).
+// Both keep two FMA pipes busy (>= 12 independent accumulators hide a
+// 4-cycle FMA latency) with NV loads + MR broadcasts per MR * NV FMAs.
+// MR = 8 also divides the usual batch sizes, so they need no ragged tile.
+#if NN_SIMD && (defined(__AVX512F__) || defined(__aarch64__))
+constexpr int kGemmMR = 8;  // rows of C per micro-tile
+constexpr int kGemmNV = 2;  // vectors of C per micro-tile row
+#elif NN_SIMD
+constexpr int kGemmMR = 6;
+constexpr int kGemmNV = 2;
+#else
+constexpr int kGemmMR = 4;  // scalar build: a 4 x 4 tile of plain floats
+constexpr int kGemmNV = 4;  // (16 accumulators fit any register file)
+#endif
+constexpr int kGemmNR = kGemmNV * simd::kWidth;  // columns of C per micro-tile
+
+// Cache blocking, in floats. The caches assumed are the smallest of the
+// targets (Cortex-A53/A72: 32 KiB L1d, 512 KiB L2); Zen's 48 KiB L1d and
+// 1 MiB L2 simply have room to spare.
+//   KC (depth of a K block): one packed B sliver, KC x NR, is reused by every
+//       A sliver of the block, so it should stay in L1:
+//       KC = 32 KiB / (NR * 4 B), clamped to [128, 512]
+//       (256 on AVX-512, 512 on AVX2 and NEON). Longer K blocks also mean
+//       fewer passes over C. K is then cut into equal blocks of at most KC.
+//   MC (rows of an A block): the MC x KC block is read once per B sliver, so
+//       it should stay in half of L2: MC = 256 KiB / (KC * 4 B), a multiple
+//       of MR (256 rows on AVX-512, 126..128 elsewhere).
+//   NC (columns of a B panel): the KC x NC panel is reused by every A block
+//       and lives in L2/L3; NC = 1 MiB / (KC * 4 B) bounds the scratch.
+constexpr int gemm_clamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+constexpr int kGemmKC = gemm_clamp(32 * 1024 / (kGemmNR * 4), 128, 512);
+constexpr int kGemmMC = 256 * 1024 / (kGemmKC * 4) / kGemmMR * kGemmMR;
+constexpr int kGemmNC = 1024 * 1024 / (kGemmKC * 4) / kGemmNR * kGemmNR;
+
+// Floats of packing scratch gemm_f32 needs: one B panel and one A block.
+// Both start on 64-byte boundaries when `pack` does (KC * NC is a multiple
+// of 16).
+inline size_t gemm_pack_floats() { return (size_t)kGemmKC * kGemmNC + (size_t)kGemmMC * kGemmKC; }
+
+// ---------------------------------------------------------------------------
+// 2. The micro-kernel
+// ---------------------------------------------------------------------------
+// gemm_f32_ukernel<NV>: an MR x (NV * kWidth) tile; NV = kGemmNV is the main
+// kernel (8 x 32 floats on AVX-512: "gemm_f32_ukernel_8x32"), NV = 1 serves
+// right edges at most one vector wide. Contract, with NR = kGemmNR:
+//
+//   acc[i][j]    = sum_{p < kc} a[i*rs_a + p*cs_a] * b[p*NR + j]
+//   c[i*ldc + j] = alpha * acc[i][j] + beta * c[i*ldc + j] + bias[j]
+//                                           (i < MR, j < NV * kWidth)
+// a: an MR x kc sliver of op(A), element (i, p) at a[i*rs_a + p*cs_a]:
+//    packed (rs_a = 1, cs_a = MR: kc columns of MR floats) or read in place
+//    from a row-major A (rs_a = lda, cs_a = 1).
+// b: a packed kc x NR sliver of op(B), kc rows of NR floats (zero-padded
+//    past the right edge of B).
+// c: a full tile of C with row stride ldc. The kernel always computes and
+//    stores the full tile; a ragged tile of C goes through
+//    gemm_f32_edge_tile, which points c at a stack tile instead.
+// beta == 0: c is not read (NaN in C does not leak). bias may be nullptr.
+#if NN_SIMD
+template <int NV>
+static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a, int cs_a,
+                                    const float* b, const float* bias, float alpha, float beta,
+                                    int kc) {
+    using simd::vf;
+    constexpr int MR = kGemmMR, NR = kGemmNR, W = simd::kWidth;
+    vf acc[MR][NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = vf(0.f);
+
+    // K: one rank-1 update per step, acc += a[:, p] * b[p, :].
+    for (int p = 0; p < kc; ++p, a += cs_a, b += NR) {
+        vf bp[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) bp[v] = vf::load_unaligned(b + v * W);
+        // M: each row of the tile takes a broadcast of one A value.
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const vf ai(a[i * rs_a]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(ai, bp[v], acc[i][v]);
+        }
+    }
+
+    // Store, M: rows of the tile; N: NV vectors per row.
+    const vf va(alpha), vb(beta);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+        float* ci = c + (ptrdiff_t)i * ldc;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            vf r = acc[i][v] * va;
+            if (beta != 0.f) r = xsimd::fma(vb, vf::load_unaligned(ci + v * W), r);
+            if (bias) r += vf::load_unaligned(bias + v * W);
+            r.store_unaligned(ci + v * W);
+        }
+    }
+}
+#else
+// The scalar build: the same contract with kWidth = 1 (NV floats per row).
+template <int NV>
+static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a, int cs_a,
+                                    const float* b, const float* bias, float alpha, float beta,
+                                    int kc) {
+    constexpr int MR = kGemmMR, NR = kGemmNR;
+    float acc[MR][NV] = {};
+    // K: one rank-1 update per step, acc += a[:, p] * b[p, :].
+    for (int p = 0; p < kc; ++p, a += cs_a, b += NR)
+        // M x N: every accumulator of the tile.
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NV; ++j) acc[i][j] += a[i * rs_a] * b[j];
+    // Store, M: rows of the tile; N: columns.
+    for (int i = 0; i < MR; ++i) {
+        float* ci = c + (ptrdiff_t)i * ldc;
+        for (int j = 0; j < NV; ++j) {
+            float r = alpha * acc[i][j];
+            if (beta != 0.f) r += beta * ci[j];
+            if (bias) r += bias[j];
+            ci[j] = r;
+        }
+    }
+}
+#endif
+
+// A ragged tile, only mr < MR rows or nr < NR columns of it inside C: run
+// the micro-kernel (one vector wide when nr allows) into a stack tile with
+// alpha applied and beta = 0, then merge only the mr x nr valid corner into
+// C. C outside (M, N) is never touched.
+static inline void gemm_f32_edge_tile(float* c, int ldc, const float* a, int rs_a, int cs_a,
+                                      const float* b, const float* bias, float alpha, float beta,
+                                      int kc, int mr, int nr) {
+    alignas(64) float tile[kGemmMR * kGemmNR];
+    if (nr <= simd::kWidth)
+        gemm_f32_ukernel<1>(tile, kGemmNR, a, rs_a, cs_a, b, nullptr, alpha, 0.f, kc);
+    else
+        gemm_f32_ukernel<kGemmNV>(tile, kGemmNR, a, rs_a, cs_a, b, nullptr, alpha, 0.f, kc);
+    // M: rows of the valid corner.
+    for (int i = 0; i < mr; ++i) {
+        float* ci = c + (ptrdiff_t)i * ldc;
+        const float* ti = tile + i * kGemmNR;
+        // N: columns of the valid corner.
+        for (int j = 0; j < nr; ++j) {
+            float r = ti[j];
+            if (beta != 0.f) r += beta * ci[j];
+            if (bias) r += bias[j];
+            ci[j] = r;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Packing
+// ---------------------------------------------------------------------------
+// Copy one full row of a B sliver (NR floats). Spelled out with vectors
+// because -O2 does not vectorise a copy whose pointers might alias.
+static inline void gemm_f32_copy_nr(float* dst, const float* src) {
+#if NN_SIMD
+    for (int v = 0; v < kGemmNV; ++v)
+        simd::vf::load_unaligned(src + v * simd::kWidth).store_unaligned(dst + v * simd::kWidth);
+#else
+    for (int j = 0; j < kGemmNR; ++j) dst[j] = src[j];
+#endif
+}
+
+// Pack the kc x nc panel of op(B) starting at (p0, j0) into NR-wide slivers:
+//   dst[(j / NR) * kc * NR + p * NR + j % NR] = op(B)(p0 + p, j0 + j)
+// with columns j >= nc of the last sliver set to zero.
+static inline void gemm_f32_pack_b(float* dst, const float* B, int ldb, bool trans_b, int p0,
+                                   int j0, int kc, int nc) {
+    constexpr int NR = kGemmNR;
+    // N: one sliver of NR columns per step.
+    for (int j = 0; j < nc; j += NR, dst += (ptrdiff_t)kc * NR) {
+        const int nr = nc - j < NR ? nc - j : NR;
+        if (!trans_b) {
+            // op(B)(p, j) = B[p*ldb + j]: each row of the sliver is contiguous.
+            const float* src = B + (ptrdiff_t)p0 * ldb + j0 + j;
+            // K: one sliver row per step.
+            for (int p = 0; p < kc; ++p, src += ldb) {
+                float* d = dst + p * NR;
+                if (nr == NR) {
+                    gemm_f32_copy_nr(d, src);
+                } else {
+                    for (int jj = 0; jj < nr; ++jj) d[jj] = src[jj];
+                    for (int jj = nr; jj < NR; ++jj) d[jj] = 0.f;
+                }
+            }
+        } else {
+            // op(B)(p, j) = B[j*ldb + p]: column j of the sliver is row j of
+            // B. Transpose 4 rows of B at a time, so that 4 contiguous reads
+            // fill 4 adjacent floats of each sliver row.
+            const float* src = B + (ptrdiff_t)(j0 + j) * ldb + p0;
+            int jj = 0;
+            // N: 4 sliver columns (rows of B) per step.
+            for (; jj + 4 <= nr; jj += 4) {
+                const float* s0 = src + (ptrdiff_t)jj * ldb;
+                const float *s1 = s0 + ldb, *s2 = s1 + ldb, *s3 = s2 + ldb;
+                // K: down the 4 columns.
+                for (int p = 0; p < kc; ++p) {
+                    float* d = dst + p * NR + jj;
+                    d[0] = s0[p];
+                    d[1] = s1[p];
+                    d[2] = s2[p];
+                    d[3] = s3[p];
+                }
+            }
+            // N: the last nr % 4 columns one by one.
+            for (; jj < nr; ++jj) {
+                const float* s = src + (ptrdiff_t)jj * ldb;
+                for (int p = 0; p < kc; ++p) dst[p * NR + jj] = s[p];
+            }
+            // K x N: zeros right of the edge.
+            if (nr < NR)
+                for (int p = 0; p < kc; ++p)
+                    for (int z = nr; z < NR; ++z) dst[p * NR + z] = 0.f;
+        }
+    }
+}
+
+// Pack rows [i0, i0 + mc) x columns [p0, p0 + kc) of op(A) into MR-tall
+// slivers:
+//   dst[(i / MR) * kc * MR + p * MR + i % MR] = op(A)(i0 + i, p0 + p)
+// with rows i >= mc of the last sliver set to zero.
+static inline void gemm_f32_pack_a(float* dst, const float* A, int lda, bool trans_a, int i0,
+                                   int p0, int mc, int kc) {
+    constexpr int MR = kGemmMR;
+    // M: one sliver of MR rows per step.
+    for (int i = 0; i < mc; i += MR, dst += (ptrdiff_t)kc * MR) {
+        const int mr = mc - i < MR ? mc - i : MR;
+        if (trans_a) {
+            // op(A)(i, p) = A[p*lda + i]: each column of the sliver is contiguous.
+            const float* src = A + (ptrdiff_t)p0 * lda + i0 + i;
+            // K: one sliver column per step.
+            for (int p = 0; p < kc; ++p, src += lda) {
+                float* d = dst + p * MR;
+                if (mr == MR) {
+                    for (int ii = 0; ii < MR; ++ii) d[ii] = src[ii];
+                } else {
+                    for (int ii = 0; ii < mr; ++ii) d[ii] = src[ii];
+                    for (int ii = mr; ii < MR; ++ii) d[ii] = 0.f;
+                }
+            }
+        } else {
+            // op(A)(i, p) = A[i*lda + p]: gather one float from each row.
+            const float* src = A + (ptrdiff_t)(i0 + i) * lda + p0;
+            // K: one sliver column per step.
+            for (int p = 0; p < kc; ++p) {
+                float* d = dst + p * MR;
+                for (int ii = 0; ii < mr; ++ii) d[ii] = src[(ptrdiff_t)ii * lda + p];
+                for (int ii = mr; ii < MR; ++ii) d[ii] = 0.f;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. gemm_f32: the five loops
+// ---------------------------------------------------------------------------
+// C is (M, N), op(A) is (M, K), op(B) is (K, N); see the top of this file.
+// pack: gemm_pack_floats() floats of scratch, 64-byte aligned.
+//
+// alpha is applied to every K block's partial product as it is stored; beta
+// and bias only with the first K block (pc == 0); later K blocks accumulate
+// into C with beta = 1.
+//
+// When A is not transposed, its full MR-row slivers are read in place: the
+// rows of A are already contiguous along K, and the micro-kernel takes the
+// strides of its A sliver. That saves the packing pass that dominates the
+// small MLP shapes. Only a ragged last sliver is packed, so that its zero
+// padding keeps the kernel inside A.
+inline void gemm_f32(float* C, int ldc, const float* A, int lda, bool trans_a, const float* B,
+                     int ldb, bool trans_b, const float* bias, float alpha, float beta, float* pack,
+                     int M, int N, int K) {
+    constexpr int MR = kGemmMR, NR = kGemmNR;
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {  // op(A) * op(B) is empty: C = beta * C + bias.
+        for (int i = 0; i < M; ++i) {
+            float* ci = C + (ptrdiff_t)i * ldc;
+            for (int j = 0; j < N; ++j) {
+                const float r = beta != 0.f ? beta * ci[j] : 0.f;
+                ci[j] = bias ? r + bias[j] : r;
+            }
+        }
+        return;
+    }
+    float* pack_b = pack;                                 // KC x NC panel of op(B)
+    float* pack_a = pack + (ptrdiff_t)kGemmKC * kGemmNC;  // MC x KC block of op(A)
+
+    // K is cut into equal blocks of at most KC (784 -> 4 x 196, not 3 x 256 + 16).
+    const int k_blocks = (K + kGemmKC - 1) / kGemmKC;
+    const int kc_step = (K + k_blocks - 1) / k_blocks;
+
+    // Loop 5, N: panels of NC columns of C and op(B).
+    for (int jc = 0; jc < N; jc += kGemmNC) {
+        const int nc = N - jc < kGemmNC ? N - jc : kGemmNC;
+        // Loop 4, K: blocks of kc_step; pack op(B)(pc.., jc..) as NR-wide slivers.
+        for (int pc = 0; pc < K; pc += kc_step) {
+            const int kc = K - pc < kc_step ? K - pc : kc_step;
+            const float beta_k = pc == 0 ? beta : 1.f;
+            const float* bias_k = pc == 0 && bias ? bias + jc : nullptr;
+            gemm_f32_pack_b(pack_b, B, ldb, trans_b, pc, jc, kc, nc);
+            // Loop 3, M: blocks of MC rows; pack op(A)(ic.., pc..) as MR-tall
+            // slivers (only the ragged last sliver when A is read in place).
+            for (int ic = 0; ic < M; ic += kGemmMC) {
+                const int mc = M - ic < kGemmMC ? M - ic : kGemmMC;
+                const int mc_in_place = trans_a ? 0 : mc / MR * MR;
+                if (mc_in_place < mc)
+                    gemm_f32_pack_a(pack_a + (ptrdiff_t)mc_in_place * kc, A, lda, trans_a,
+                                    ic + mc_in_place, pc, mc - mc_in_place, kc);
+                // Loop 2, N: one packed B sliver of NR columns per step.
+                for (int jr = 0; jr < nc; jr += NR) {
+                    const int nr = nc - jr < NR ? nc - jr : NR;
+                    const float* b = pack_b + (ptrdiff_t)jr * kc;
+                    const float* bias_r = bias_k ? bias_k + jr : nullptr;
+                    // Loop 1, M: one A sliver of MR rows per step.
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        const int mr = mc - ir < MR ? mc - ir : MR;
+                        const bool in_place = ir < mc_in_place;
+                        const float* a = in_place ? A + (ptrdiff_t)(ic + ir) * lda + pc
+                                                  : pack_a + (ptrdiff_t)ir * kc;
+                        const int rs_a = in_place ? lda : 1, cs_a = in_place ? 1 : MR;
+                        float* c = C + (ptrdiff_t)(ic + ir) * ldc + jc + jr;
+                        if (mr == MR && nr == NR)
+                            gemm_f32_ukernel<kGemmNV>(c, ldc, a, rs_a, cs_a, b, bias_r, alpha,
+                                                      beta_k, kc);
+                        else
+                            gemm_f32_edge_tile(c, ldc, a, rs_a, cs_a, b, bias_r, alpha, beta_k,
+                                               kc, mr, nr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5. The reference: the plain triple loop, same contract as gemm_f32.
+// ---------------------------------------------------------------------------
+inline void gemm_f32_ref(float* C, int ldc, const float* A, int lda, bool trans_a, const float* B,
+                         int ldb, bool trans_b, const float* bias, float alpha, float beta, int M,
+                         int N, int K) {
+    // M: rows of C.
+    for (int i = 0; i < M; ++i) {
+        // N: columns of C.
+        for (int j = 0; j < N; ++j) {
+            float acc = 0.f;
+            // K: the dot product of row i of op(A) and column j of op(B).
+            for (int p = 0; p < K; ++p) {
+                const float a = trans_a ? A[(ptrdiff_t)p * lda + i] : A[(ptrdiff_t)i * lda + p];
+                const float b = trans_b ? B[(ptrdiff_t)j * ldb + p] : B[(ptrdiff_t)p * ldb + j];
+                acc += a * b;
+            }
+            float& c = C[(ptrdiff_t)i * ldc + j];
+            float r = alpha * acc;
+            if (beta != 0.f) r += beta * c;
+            if (bias) r += bias[j];
+            c = r;
+        }
+    }
+}
+
+}  // namespace nn

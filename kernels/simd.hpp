@@ -1,0 +1,53 @@
+// kernels/simd.hpp — the one place that decides between xsimd and plain loops.
+//
+// NN_SIMD is 1 when xsimd is installed, not disabled with NN_NO_XSIMD, and
+// has an architecture for the flags this file is compiled with (ARMv6, or
+// ARMv7 without -mfpu=neon, have none). Every kernel keeps a plain loop that
+// runs when NN_SIMD is 0 and doubles as its reference in the tests.
+#pragma once
+
+#if !defined(NN_NO_XSIMD) && defined(__has_include)
+#if __has_include(<xsimd/xsimd.hpp>)
+// GCC 12 reports the AVX-512 intrinsics' own `__Y = __Y` placeholders as
+// maybe-uninitialized once xsimd's exp is inlined; the pragma covers only the
+// lines of the headers included here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+#define NN_SIMD 1
+#endif
+#endif
+#endif
+#ifndef NN_SIMD
+#define NN_SIMD 0
+#endif
+
+namespace nn {
+namespace simd {
+
+#if NN_SIMD
+using vf = xsimd::batch<float>;
+constexpr int kWidth = (int)vf::size;  // floats per vector register
+
+// Horizontal sum. xsimd 9 renamed hadd to reduce_add; Debian 12 ships 8.1.
+inline float hsum(const vf& v) {
+#if XSIMD_VERSION_MAJOR >= 9
+    return xsimd::reduce_add(v);
+#else
+    return xsimd::hadd(v);
+#endif
+}
+inline const char* arch_name() { return vf::arch_type::name(); }
+#else
+constexpr int kWidth = 1;
+inline const char* arch_name() { return "scalar"; }
+#endif
+
+}  // namespace simd
+}  // namespace nn

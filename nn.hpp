@@ -1,0 +1,649 @@
+// nn.hpp — train and run neural networks on small CPUs, in two files.
+//
+// ---------------------------------------------------------------------------
+// A tour in five minutes
+// ---------------------------------------------------------------------------
+// Copy nn.hpp and nn_impl.cpp into your project and compile nn_impl.cpp once
+// (add -I/usr/include for xsimd if you have it; -lz to read gzipped data).
+//
+// 1. The Keras style: a sequential model that sizes its own memory.
+//
+//     nn::Dataset train, test;
+//     nn::Status st = nn::load_fashion_mnist("/usr/share/datasets/fashion-mnist",
+//                                            &train, &test);
+//     if (!st) { fprintf(stderr, "%s\n", st.message()); return 1; }
+//     train.scale = test.scale = 1.0f / 255;            // uint8 stays uint8
+//
+//     nn::Model model;
+//     model.add(nn::Flatten());
+//     model.add(nn::Dense(784, 128, nn::Act::ReLU));
+//     model.add(nn::Dense(128, 128, nn::Act::ReLU));
+//     model.add(nn::Dense(128, 10));                    // logits
+//     nn::CompileOptions co;
+//     co.loss = nn::CrossEntropy();                      // fused, stable softmax
+//     co.optimizer = nn::Adam(1e-3f);
+//     co.max_batch = 64;
+//     st = model.compile(co);                            // the one big allocation
+//     model.summary();
+//     nn::FitOptions fo; fo.epochs = 10; fo.batch_size = 64;
+//     st = model.fit(train, fo);                          // progress bar, history
+//     nn::EvalResult r; model.evaluate(test, &r);         // r.loss, r.metric
+//
+// 2. The explicit style (Krikos, llm.c): you call each layer yourself.
+//
+//     nn::Layer fc = nn::Dense(784, 128, nn::Act::ReLU);
+//     nn::build(fc, nn::Shape{1, {784}}, /*max_batch=*/64, arena);
+//     nn::forward(fc, h, x, nn::Mode::Train);            // h = relu(x W^T + b)
+//     nn::backward(fc, dx, dh, x, h);                    // dW += ..., db += ...
+//     ...then an nn::Optimizer steps the parameters you hand it.
+//     Backward *accumulates* into parameter gradients; zero_grad() clears them,
+//     so a layer used twice sums the gradients of both uses by itself.
+//
+// 3. The tape style (NNKit, Neograd): a later part of the library.
+//
+// ---------------------------------------------------------------------------
+// Memory model
+// ---------------------------------------------------------------------------
+// All memory comes from an Arena: one 64-byte aligned block, bump allocation,
+// mark/reset. Model::compile measures what the model needs for its maximum
+// batch (a dry run of the same carving code), then allocates that once, or
+// carves a buffer you own (a static array on a board). After compile, fit,
+// evaluate and predict make no heap allocation per step. Running out of arena
+// is an error naming the bytes requested, available and missing.
+//
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+// Nothing throws; the library builds with -fno-exceptions -fno-rtti.
+// Anything that can fail on input returns an nn::Status whose message names
+// the layer, tensor or file and the numbers involved. `if (!st)` tests for
+// failure. Model::add records the first error (sticky) and compile reports it.
+//
+// ---------------------------------------------------------------------------
+// Configuration macros (define before including nn.hpp, and when compiling
+// nn_impl.cpp)
+// ---------------------------------------------------------------------------
+// NN_NO_XSIMD      use the plain C++ loops even when xsimd is installed.
+// NN_ASSERT(cond)  checks programmer invariants inside kernels; the default
+//                  prints the condition and aborts. Define it to your own.
+// NN_HAVE_ZLIB     1 to read gzipped IDX files (the Makefile detects zlib).
+// NN_NO_FTZ        do not flush denormals to zero during fit.
+#ifndef NN_HPP
+#define NN_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <initializer_list>
+#include <vector>
+
+#ifndef NN_ASSERT
+#define NN_ASSERT(cond)                                                        \
+    do {                                                                       \
+        if (!(cond)) nn::assert_fail(#cond, __FILE__, __LINE__);               \
+    } while (0)
+#endif
+
+namespace nn {
+
+[[noreturn]] void assert_fail(const char* cond, const char* file, int line);
+
+// ===========================================================================
+// Status: success, or a message saying what went wrong and where.
+// ===========================================================================
+struct Status {
+    char msg[320] = {0};  // empty means success; fixed size: no heap
+    bool ok() const { return msg[0] == 0; }
+    explicit operator bool() const { return ok(); }
+    const char* message() const { return msg[0] ? msg : "ok"; }
+};
+Status errorf(const char* fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+// Size arithmetic that reports overflow instead of wrapping.
+bool size_mul(size_t a, size_t b, size_t* out);
+bool size_add(size_t a, size_t b, size_t* out);
+
+// ===========================================================================
+// Arena: one aligned block, bump allocation.
+// ===========================================================================
+constexpr size_t kArenaAlign = 64;
+
+struct Arena {
+    unsigned char* base = nullptr;
+    size_t capacity = 0;  // bytes usable from base
+    size_t used = 0;      // bytes handed out (including alignment padding)
+    size_t peak = 0;      // largest `used` seen
+    bool owns = false;    // base came from reserve() and is freed by release()
+    bool measuring = false;  // dry run: count bytes, hand out nothing
+
+    Arena() = default;
+    Arena(const Arena&) = delete;
+    Arena& operator=(const Arena&) = delete;
+    ~Arena() { release(); }
+
+    Status reserve(size_t bytes);             // allocate the block once
+    Status wrap(void* buffer, size_t bytes);  // carve memory the caller owns
+    void begin_measure();                     // dry run: alloc only counts
+    // 64-byte aligned; on exhaustion returns nullptr and, when err is given,
+    // an error naming `what`, the bytes requested, available and missing.
+    void* alloc(size_t bytes, Status* err, const char* what = "arena");
+    float* alloc_floats(size_t count, Status* err, const char* what = "arena");
+    size_t mark() const { return used; }
+    void reset(size_t mark_) { used = mark_ <= used ? mark_ : used; }
+    size_t available() const { return capacity - used; }
+    void release();
+};
+
+// ===========================================================================
+// Shape and Tensor: float32, up to 4 dimensions, row-major (NCHW), no copy.
+// ===========================================================================
+constexpr int kMaxDims = 4;
+
+struct Shape {
+    int ndim = 0;
+    int dim[kMaxDims] = {0, 0, 0, 0};
+    size_t numel() const;
+    bool operator==(const Shape& o) const;
+    bool operator!=(const Shape& o) const { return !(*this == o); }
+};
+Shape make_shape(std::initializer_list<int> dims);
+// "(64, 1, 28, 28)"; writes into buf and returns it.
+const char* shape_str(const Shape& s, char* buf, size_t cap);
+
+struct Tensor {
+    float* data = nullptr;
+    Shape shape;
+
+    size_t numel() const { return shape.numel(); }
+    int dim(int i) const { return shape.dim[i]; }
+    int batch() const { return shape.dim[0]; }
+    size_t row_size() const;  // numel / dim(0): one sample
+    float& operator[](size_t i) const { return data[i]; }
+    // Views that share data.
+    Tensor reshape(std::initializer_list<int> dims) const;
+    Tensor reshape(const Shape& s) const;
+    Tensor rows(int begin, int end) const;  // slice of dimension 0
+};
+Tensor tensor_view(float* data, std::initializer_list<int> dims);
+Tensor tensor_view(float* data, const Shape& s);
+// Shape `s` carved from the arena (contents uninitialised).
+Status tensor_alloc(Arena& a, const Shape& s, Tensor* out, const char* what = "tensor");
+// Sample shape with a batch dimension in front: (B, s...).
+Shape batched(const Shape& sample, int batch);
+
+// ===========================================================================
+// Random numbers: small, seedable, state fits in a checkpoint.
+// ===========================================================================
+struct Rng {
+    uint64_t state = 0x853c49e6748fea9bULL;
+    explicit Rng(uint64_t seed = 0) { seed_with(seed); }
+    void seed_with(uint64_t seed);
+    uint32_t next_u32();
+    float uniform();                   // [0, 1)
+    float uniform(float lo, float hi);  // [lo, hi)
+    float normal();                     // N(0, 1)
+    uint32_t below(uint32_t n);         // [0, n), unbiased
+};
+
+// ===========================================================================
+// Layers: one tagged struct, dispatched by `kind` in forward/backward.
+// ===========================================================================
+enum class Act : uint8_t { None, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax };
+enum class LayerKind : uint8_t { Dense, Activation, Dropout, Flatten, Custom };
+enum class Mode : uint8_t { Eval, Train };
+
+constexpr int kMaxParams = 4;
+struct Layer;
+
+// A parameter as an optimizer sees it.
+struct Param {
+    const char* name = "";  // e.g. "weight"; the owning layer names the rest
+    float* value = nullptr;
+    float* grad = nullptr;
+    size_t size = 0;
+    bool trainable = true;
+};
+
+// A user-defined layer kind. Fill the functions you need; forward and
+// backward are required. Parameters are declared in build through
+// declare_param and live in Layer::params like Dense's.
+struct CustomLayerOps {
+    const char* type_name = "Custom";
+    // Output sample shape for input sample shape `in`; return an error for
+    // shapes the layer cannot take.
+    Status (*output_shape)(const Layer& self, const Shape& in, Shape* out) = nullptr;
+    // Declare parameters with declare_param (called once, from build).
+    Status (*declare)(Layer& self, const Shape& in) = nullptr;
+    // Fill declared parameters with their initial values.
+    void (*init)(Layer& self, Rng& rng) = nullptr;
+    // y = f(x); x is (B, in...), y is (B, out...).
+    void (*forward)(Layer& self, Tensor y, const Tensor& x, Mode mode) = nullptr;
+    // dx = dL/dx (write; dx.data may be null when not needed),
+    // parameter grads += dL/dparam.
+    void (*backward)(Layer& self, Tensor dx, const Tensor& dy, const Tensor& x,
+                     const Tensor& y) = nullptr;
+};
+
+struct Layer {
+    LayerKind kind = LayerKind::Activation;
+    char name[32] = {0};  // "dense", "dense_1", ... when empty at add()
+
+    // Activation (its own layer, or fused into Dense's output).
+    Act act = Act::None;
+    float leaky_slope = 0.01f;
+
+    // Dense: y = act(x W^T + b), weight [units, in_features] as in PyTorch.
+    int in_features = 0;  // 0: taken from the previous layer at add()
+    int units = 0;
+    bool use_bias = true;
+    float l1 = 0.0f, l2 = 0.0f;  // weight regularization added to the loss
+
+    // Dropout (inverted): zero with probability `rate`, scale by 1/(1-rate).
+    float rate = 0.0f;
+
+    // Custom
+    const CustomLayerOps* custom = nullptr;
+    void* user = nullptr;  // whatever the custom layer needs
+
+    // Parameters: Dense has weight (params[0]) and bias (params[1]).
+    int n_params = 0;
+    char param_name[kMaxParams][16] = {{0}};
+    Shape param_shape[kMaxParams];
+    Tensor params[kMaxParams];
+    Tensor grads[kMaxParams];
+    bool frozen = false;  // excluded from optimizer steps
+
+    // Set by build().
+    Shape in_shape, out_shape;  // per sample
+    int max_batch = 0;
+    bool built = false;
+    // Scratch carved by build(): gradient before the activation (Dense),
+    // logits kept for a fused softmax cross-entropy, the dropout mask.
+    float* scratch = nullptr;
+    float* logits = nullptr;
+    float* mask = nullptr;
+    Mode last_mode = Mode::Eval;  // the mode of the last forward (dropout)
+    // GEMM packing scratch (gemm_pack_floats() floats). build() carves one
+    // when null; Model::compile hands every layer the same buffer.
+    float* pack = nullptr;
+    Rng rng;  // dropout draws
+
+    Tensor& weight() { return params[0]; }
+    Tensor& bias() { return params[1]; }
+    Tensor& weight_grad() { return grads[0]; }
+    Tensor& bias_grad() { return grads[1]; }
+    const char* type_name() const;
+    size_t param_count() const;
+};
+
+// Constructors, named like their Keras/PyTorch counterparts.
+Layer Dense(int in_features, int units, Act act = Act::None, bool use_bias = true);
+Layer Dense(int units, Act act = Act::None);  // in_features from the previous layer
+Layer ReLU();
+Layer LeakyReLU(float negative_slope = 0.01f);
+Layer Sigmoid();
+Layer Tanh();
+Layer Softmax();
+Layer Linear();  // identity activation
+Layer Dropout(float rate);
+Layer Flatten();
+Layer Custom(const CustomLayerOps* ops, void* user = nullptr);
+const char* act_name(Act a);
+
+// Custom layers call this from their `declare` hook.
+Status declare_param(Layer& self, const char* name, const Shape& shape);
+
+// Size a layer for input samples of shape `in` and batches up to max_batch,
+// carving its parameters, gradients and scratch from the arena. Parameters
+// are initialised as PyTorch does (Dense: U(-1/sqrt(in), 1/sqrt(in))).
+Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t seed = 0);
+Status output_shape(const Layer& L, const Shape& in, Shape* out);
+
+// y = layer(x). x is (B, in...), y is (B, out...) and may not alias x.
+// B must not exceed the max_batch the layer was built for.
+Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode);
+// Given dy = dL/dy, writes dx = dL/dx (skipped when dx.data is null) and adds
+// dL/dparam into the layer's grads. x and y are the forward pass's tensors.
+Status backward(Layer& L, Tensor dx, const Tensor& dy, const Tensor& x, const Tensor& y);
+// As backward, but dy is the gradient with respect to the Dense layer's
+// pre-activation (used by the fused softmax cross-entropy).
+Status backward_preact(Layer& L, Tensor dx, const Tensor& dz, const Tensor& x);
+void zero_grad(Layer& L);
+// Parameters of a layer as optimizer entries; returns how many were written.
+int layer_params(Layer& L, Param* out, int cap);
+// L1/L2 penalty of the layer's weights (added to the loss) and its gradient
+// added into the weight gradient.
+float regularization_loss(const Layer& L);
+void regularization_backward(Layer& L);
+
+// ===========================================================================
+// Losses. Each returns the mean loss over the batch and writes dL/dpred.
+// ===========================================================================
+enum class LossKind : uint8_t {
+    MSE,                      // mean over all elements of (p - t)^2
+    MAE,                      // mean of |p - t|
+    Huber,                    // PyTorch HuberLoss(delta)
+    BinaryCrossEntropy,       // on probabilities, clamped as PyTorch (log >= -100)
+    BinaryCrossEntropyLogits, // stable: max(z,0) - z t + log(1 + e^-|z|)
+    CrossEntropy,             // on logits: stable log-softmax (PyTorch)
+    CategoricalCrossEntropy,  // on probabilities (Keras); fused with a
+                              // preceding softmax by the model
+};
+struct Loss {
+    LossKind kind = LossKind::CrossEntropy;
+    float delta = 1.0f;  // Huber
+};
+Loss MSE();
+Loss MAE();
+Loss Huber(float delta = 1.0f);
+Loss BinaryCrossEntropy();
+Loss BinaryCrossEntropyWithLogits();
+Loss CrossEntropy();
+Loss CategoricalCrossEntropy();
+const char* loss_name(LossKind k);
+
+// Targets for a batch: integer class labels, or dense values shaped like
+// the prediction (one-hot rows, regression targets, binary labels).
+struct Target {
+    const int32_t* labels = nullptr;
+    const float* values = nullptr;
+};
+// pred is (B, C). dpred (may have null data) receives dL/dpred.
+Status loss_forward_backward(const Loss& loss, Tensor dpred, const Tensor& pred,
+                             const Target& t, float* loss_out);
+// Softmax then cross-entropy on the logits z, as one stable step: writes the
+// probabilities into p (may be null) and dL/dz = (p - onehot(t)) / B into dz.
+Status softmax_cross_entropy(Tensor dz, float* p, const Tensor& z, const Target& t,
+                             float* loss_out);
+
+// ===========================================================================
+// Optimizers: PyTorch's update rules and defaults.
+// ===========================================================================
+enum class OptKind : uint8_t { SGD, Adagrad, RMSprop, Adam, AdamW };
+enum class Schedule : uint8_t { Constant, Step, Exponential, Cosine };
+
+struct OptimConfig {
+    OptKind kind = OptKind::Adam;
+    float lr = 1e-3f;
+    // SGD
+    float momentum = 0.0f, dampening = 0.0f;
+    bool nesterov = false;
+    // all: L2 penalty added to the gradient (AdamW: decoupled decay)
+    float weight_decay = 0.0f;
+    // RMSprop
+    float alpha = 0.99f;
+    bool centered = false;
+    // Adam, AdamW
+    float beta1 = 0.9f, beta2 = 0.999f;
+    bool amsgrad = false;
+    float eps = 1e-8f;
+    // Adagrad
+    float lr_decay = 0.0f;
+    float initial_accumulator_value = 0.0f;
+    // Learning-rate decay per step, as nn_mini and Keras: lr / (1 + decay * t)
+    float decay = 0.0f;
+    // Per-epoch schedules (PyTorch's StepLR, ExponentialLR, CosineAnnealingLR)
+    Schedule schedule = Schedule::Constant;
+    int step_size = 1;       // Step: multiply by gamma every step_size epochs
+    float gamma = 0.1f;      // Step, Exponential
+    int t_max = 1;           // Cosine: epochs of one half period
+    float eta_min = 0.0f;    // Cosine: floor
+    // Clip the global L2 norm of all gradients to this (0: off)
+    float clip_norm = 0.0f;
+};
+OptimConfig SGD(float lr = 0.01f, float momentum = 0.0f, bool nesterov = false,
+                float weight_decay = 0.0f, float dampening = 0.0f);
+OptimConfig Adagrad(float lr = 0.01f, float lr_decay = 0.0f, float weight_decay = 0.0f,
+                    float initial_accumulator_value = 0.0f, float eps = 1e-10f);
+OptimConfig RMSprop(float lr = 0.01f, float alpha = 0.99f, float eps = 1e-8f,
+                    float weight_decay = 0.0f, float momentum = 0.0f, bool centered = false);
+OptimConfig Adam(float lr = 1e-3f, float beta1 = 0.9f, float beta2 = 0.999f,
+                 float eps = 1e-8f, float weight_decay = 0.0f, bool amsgrad = false);
+OptimConfig AdamW(float lr = 1e-3f, float beta1 = 0.9f, float beta2 = 0.999f,
+                  float eps = 1e-8f, float weight_decay = 1e-2f, bool amsgrad = false);
+const char* optimizer_name(OptKind k);
+// Rejects inconsistent settings with a message naming the field and value.
+Status validate(const OptimConfig& c);
+
+struct Optimizer {
+    OptimConfig cfg;
+    Param* params = nullptr;   // carved from the arena
+    float** state = nullptr;   // per param: kStateSlots buffers (or null)
+    int64_t* param_steps = nullptr;  // per param: steps it took (PyTorch's state["step"])
+    int n_params = 0;
+    int64_t steps = 0;         // steps taken
+    int epoch = 0;             // epochs ended (drives the schedules)
+    float last_grad_norm = 0;  // before clipping, when clip_norm > 0
+
+    static constexpr int kStateSlots = 3;
+    // Copies the parameter list and carves the optimizer state from arena.
+    Status init(const OptimConfig& c, const Param* ps, int n, Arena& arena);
+    float current_lr() const;  // the rate the next step will use
+    void step();
+    void zero_grad();
+    void end_epoch() { ++epoch; }
+};
+
+// ===========================================================================
+// Data: compact storage, converted per batch.
+// ===========================================================================
+struct Dataset {
+    // Features: exactly one of u8 / f32 is non-empty; n samples of `sample`.
+    std::vector<uint8_t> u8;
+    std::vector<float> f32;
+    Shape sample;
+    size_t n = 0;
+    // Per-batch conversion of feature f: (raw * scale - mean[f]) * inv_std[f]
+    // (mean/inv_std empty: no normalisation).
+    float scale = 1.0f;
+    std::vector<float> mean, inv_std;
+    // Targets: class labels (num_classes > 0), or target_size floats each.
+    std::vector<int32_t> labels;
+    int num_classes = 0;
+    std::vector<float> targets;
+    int target_size = 0;
+    bool one_hot = false;  // deliver labels as one-hot rows (Target::values)
+
+    size_t sample_size() const { return sample.numel(); }
+    int target_width() const;  // columns a prediction must have
+};
+
+// IDX files (MNIST's format), raw or gzipped (NN_HAVE_ZLIB).
+struct IdxArray {
+    std::vector<uint8_t> bytes;  // data section, as stored (big-endian items)
+    int type = 0;                // 0x08 ubyte, 0x09 sbyte, 0x0B short, ...
+    int ndim = 0;
+    uint32_t dims[8] = {0};
+    size_t count() const;
+};
+Status read_idx(const char* path, IdxArray* out);
+// An images file and a labels file into a classification data set.
+Status load_idx(const char* images_path, const char* labels_path, Dataset* out);
+// dir/train-images-idx3-ubyte[.gz] etc.; samples shaped (1, 28, 28).
+Status load_fashion_mnist(const char* dir, Dataset* train, Dataset* test);
+
+struct CsvOptions {
+    bool header = false;      // first row names the columns
+    int label_column = -1;    // -1: last column; others are features
+    bool classification = true;  // integer labels (else a regression target)
+    char delimiter = ',';
+};
+Status load_csv(const char* path, const CsvOptions& opt, Dataset* out);
+
+// Built-in synthetic sets, the embedded default when no file is given.
+void make_spirals(Dataset* out, int points_per_class, int classes, float noise, uint64_t seed);
+void make_circles(Dataset* out, int n, float noise, float factor, uint64_t seed);
+
+// Per-feature mean/std from `from` (over its current scaling), stored in `to`.
+void fit_normalization(Dataset& to, const Dataset& from);
+// Move the last `fraction` of `d` into `val` (copies; call once at setup).
+Status split(Dataset& d, float fraction, Dataset* val);
+
+// Converts samples idx[0..count) into x (count, sample...) and writes the
+// targets: labels into y_labels or values into y_values (whichever the data
+// set delivers; see Dataset::one_hot).
+void gather(const Dataset& d, const uint32_t* idx, int count, float* x,
+            int32_t* y_labels, float* y_values);
+
+// Shuffled mini-batches of sample indices [first, first + count).
+struct BatchIterator {
+    std::vector<uint32_t> order;
+    size_t pos = 0;
+    int batch = 0;
+    bool shuffle = true, drop_last = false;
+    Rng rng;
+    Status init(size_t first, size_t count, int batch_size, bool shuffle, uint64_t seed,
+                bool drop_last = false);
+    void start_epoch();  // reshuffles
+    // Next batch's indices; returns its size (0 at the end of the epoch).
+    int next(const uint32_t** idx);
+    size_t batches_per_epoch() const;
+};
+
+// ===========================================================================
+// Metrics
+// ===========================================================================
+enum class Metric : uint8_t {
+    None,
+    Accuracy,             // categorical or binary, chosen from the loss
+    CategoricalAccuracy,  // argmax(pred) == label
+    BinaryAccuracy,       // (pred > threshold) == (target > 0.5)
+    RegressionAccuracy,   // |pred - t| < precision (nn_mini: std(t) / 250)
+};
+const char* metric_name(Metric m);
+
+// ===========================================================================
+// Model: Keras-like sequential model over the same layers.
+// ===========================================================================
+struct CompileOptions {
+    Loss loss;
+    OptimConfig optimizer;
+    Metric metric = Metric::Accuracy;
+    int max_batch = 32;
+    uint64_t seed = 42;          // weight initialisation
+    void* arena_buffer = nullptr;  // optional memory you own
+    size_t arena_bytes = 0;
+    float binary_threshold = 0.5f;
+    float regression_precision = 0.0f;  // 0: std(targets)/250 at fit
+};
+
+struct FitOptions {
+    int epochs = 1;
+    int batch_size = 32;
+    bool shuffle = true;
+    uint64_t seed = 0;
+    float validation_split = 0.0f;         // last fraction of the training set
+    const Dataset* validation = nullptr;  // or an explicit set
+    int verbose = 1;                       // 0 silent, 1 progress bar, 2 line/epoch
+    FILE* out = nullptr;                   // progress stream (stdout)
+    // Called after every training step (Keras's on_train_batch_end).
+    void (*on_batch_end)(void* user, int epoch, int64_t step, float loss) = nullptr;
+    void* user = nullptr;
+};
+
+struct EpochStats {
+    int epoch = 0;
+    double loss = 0, metric = 0;
+    double val_loss = 0, val_metric = 0;
+    bool has_val = false;
+    double seconds = 0;
+    double lr = 0;
+};
+struct History {
+    std::vector<EpochStats> epochs;
+    Status write_csv(const char* path) const;
+};
+
+struct EvalResult {
+    double loss = 0, metric = 0;
+    size_t n = 0;
+};
+
+struct Model {
+    std::vector<Layer> layers;
+    Shape input;              // per-sample input shape
+    Status error;             // first error from add() (sticky)
+    bool compiled = false;
+    CompileOptions options;
+    Optimizer optimizer;
+    Arena arena;
+    History history;
+    size_t arena_needed = 0;  // bytes compile carved
+    Mode mode = Mode::Eval;
+
+    // Model's working buffers (carved at compile)
+    Tensor x_buf;                    // (max_batch, input...)
+    std::vector<Tensor> acts;        // acts[i] = output of layer i
+    std::vector<Tensor> dacts;       // dacts[i] = dL/d(input of layer i+1)
+    float* y_values = nullptr;
+    int32_t* y_labels = nullptr;
+    uint32_t* idx_buf = nullptr;     // sample indices for in-order passes
+    bool fused_softmax_ce = false;
+    int64_t step_count = 0;
+
+    Model() = default;
+    // nn_mini's template: "basic" with sizes {784, 128, 128, 10} makes
+    // Dense+ReLU hidden layers, a Softmax output, categorical cross-entropy
+    // and Adam.
+    Model(const char* template_name, std::initializer_list<int> sizes);
+
+    void set_input(const Shape& sample) { input = sample; }
+    Status add(Layer layer);
+    Layer& layer(int i) { return layers[i]; }
+    Layer* find(const char* name);
+    int size() const { return (int)layers.size(); }
+
+    Status compile(const CompileOptions& opt);
+    Status compile() { return compile(options); }  // the template's settings
+    // How many arena bytes compile(opt) would need; no allocation.
+    Status measure(const CompileOptions& opt, size_t* bytes);
+    Status fit(const Dataset& train, const FitOptions& opt);
+    Status evaluate(const Dataset& d, EvalResult* out, int batch_size = 0);
+    // x is (N, input...) with any N; out must hold N * output size floats.
+    Status predict(const Tensor& x, Tensor out);
+    // Per-class counts: out[true * C + predicted], C = number of classes.
+    Status confusion_matrix(const Dataset& d, int64_t* out);
+    // One optimisation step on a batch already in the model's buffers
+    // (x_buf rows, targets); what fit runs per batch. Returns the loss.
+    Status train_step(int batch, const Target& t, float* loss_out);
+    void train() { mode = Mode::Train; }
+    void eval() { mode = Mode::Eval; }
+    void summary(FILE* out = nullptr) const;
+    Shape output_shape() const;
+    int n_params(Param* out, int cap);  // all parameters, in layer order
+    size_t param_count(bool trainable_only) const;
+};
+
+// ===========================================================================
+// Gradient checking: central differences against the analytic backward.
+// ===========================================================================
+struct GradCheckResult {
+    double max_abs_err = 0, max_rel_err = 0;
+    int checked = 0;
+    const char* worst = "";  // "input", or the parameter's name
+    bool passed = false;
+};
+// Checks dL/dx and dL/dparam of a built layer on input x for the loss
+// L = sum(y * r) with a fixed random r. Compares every element (or the first
+// max_checks per tensor) with (L(v+h) - L(v-h)) / 2h.
+Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult* out,
+                      float h = 1e-2f, double tol = 2e-2, int max_checks = 64);
+
+// ===========================================================================
+// Runtime switches
+// ===========================================================================
+void set_num_threads(int n);  // also NN_NUM_THREADS; 1 by default
+int num_threads();
+const char* simd_arch();      // "avx512bw", "neon64", "scalar", ...
+// Flush denormals to zero (MXCSR on x86, FPCR on ARM); returns the previous
+// state for restore_denormals.
+uint64_t flush_denormals();
+void restore_denormals(uint64_t saved);
+
+}  // namespace nn
+
+#endif  // NN_HPP
