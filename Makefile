@@ -33,7 +33,7 @@ CXXFLAGS_ALL = $(STD) $(OPT) $(ARCH) $(WARN) $(DEFS) -I. $(EXTRA)
 
 LIB_SRC   = nn_impl.cpp
 LIB_DEPS  = nn.hpp $(wildcard kernels/*.hpp) $(wildcard parts/*.inc)
-EXAMPLES  = mlp_fashion mlp_explicit spirals
+EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer
 TEST_SRC  = $(wildcard tests/test_*.cpp) tests/main.cpp
 BENCH_SRC = $(wildcard bench/*.cpp)
 
