@@ -270,6 +270,7 @@ struct Layer {
     // GEMM packing scratch (gemm_pack_floats() floats). build() carves one
     // when null; Model::compile hands every layer the same buffer.
     float* pack = nullptr;
+    bool pack_shared = false;  // the model supplies `pack` (also in its dry run)
     Rng rng;  // dropout draws
 
     Tensor& weight() { return params[0]; }
@@ -446,7 +447,7 @@ struct Dataset {
     int num_classes = 0;
     std::vector<float> targets;
     int target_size = 0;
-    bool one_hot = false;  // deliver labels as one-hot rows (Target::values)
+    bool one_hot = false;  // gather() also writes labels as one-hot rows
 
     size_t sample_size() const { return sample.numel(); }
     int target_width() const;  // columns a prediction must have
@@ -484,8 +485,9 @@ void fit_normalization(Dataset& to, const Dataset& from);
 Status split(Dataset& d, float fraction, Dataset* val);
 
 // Converts samples idx[0..count) into x (count, sample...) and writes the
-// targets: labels into y_labels or values into y_values (whichever the data
-// set delivers; see Dataset::one_hot).
+// targets: class labels into y_labels, and into y_values one-hot rows of
+// num_classes (when Dataset::one_hot) or the regression targets. Null
+// pointers are skipped.
 void gather(const Dataset& d, const uint32_t* idx, int count, float* x,
             int32_t* y_labels, float* y_values);
 

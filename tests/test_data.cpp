@@ -595,7 +595,8 @@ TEST(DataGather, ScaleNormaliseOneHot) {
     for (int i = 0; i < 6; ++i) EXPECT_FLOAT_EQ(x[i], want_x[i]) << i;
     const float want_y[6] = {1, 0, 0, 0, 0, 1};
     for (int i = 0; i < 6; ++i) EXPECT_EQ(y[i], want_y[i]) << i;
-    EXPECT_EQ(lab[0], -7);  // one-hot: labels not written
+    EXPECT_EQ(lab[0], 0);  // labels are written too, one-hot or not
+    EXPECT_EQ(lab[1], 2);
     EXPECT_EQ(d.target_width(), 3);
 }
 
