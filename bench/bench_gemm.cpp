@@ -1,9 +1,9 @@
 // bench/bench_gemm.cpp — gemm_f32 on the shapes the MLP runs, plus squares.
 //
-//   g++ -std=c++17 -O2 -march=native -I. bench/bench_gemm.cpp -o bench_gemm \
+//   g++ -std=c++17 -O2 -march=native -I. bench/bench_gemm.cpp -o bench_gemm
 //       -lbenchmark -lpthread
-//   add -DNN_BENCH_OPENBLAS ... -lopenblas to time cblas_sgemm (1 thread) on
-//   the same shapes, printed side by side.
+//   With -DNN_BENCH_OPENBLAS (and -lopenblas) cblas_sgemm, on one thread,
+//   is timed on the same shapes and printed beside each of ours.
 //
 // Shapes (M, N, K), for a Dense layer with batch 64:
 //   64 x 128 x 784, B transposed   forward   Y = X W^T, W is (128, 784)
@@ -57,7 +57,8 @@ void set_counters(benchmark::State& state, const Shape& s) {
 void BM_nn_gemm(benchmark::State& state, Shape s) {
     Operands o(s);
     // The packing scratch comes from the caller; here one aligned block.
-    float* pack = static_cast<float*>(std::aligned_alloc(64, nn::gemm_pack_floats() * sizeof(float)));
+    const size_t pack_bytes = nn::gemm_pack_floats() * sizeof(float);  // a multiple of 64
+    float* pack = static_cast<float*>(std::aligned_alloc(64, pack_bytes));
     for (auto _ : state) {
         nn::gemm_f32(o.C.data(), o.ldc, o.A.data(), o.lda, s.trans_a, o.B.data(), o.ldb,
                      s.trans_b, nullptr, 1.f, 0.f, pack, s.M, s.N, s.K);

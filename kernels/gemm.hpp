@@ -28,6 +28,7 @@
 #include "simd.hpp"
 
 #include <cstddef>
+#include <type_traits>
 
 namespace nn {
 
@@ -56,23 +57,36 @@ constexpr int kGemmNV = 4;  // (16 accumulators fit any register file)
 #endif
 constexpr int kGemmNR = kGemmNV * simd::kWidth;  // columns of C per micro-tile
 
-// Cache blocking, in floats. The caches assumed are the smallest of the
-// targets (Cortex-A53/A72: 32 KiB L1d, 512 KiB L2); Zen's 48 KiB L1d and
-// 1 MiB L2 simply have room to spare.
-//   KC (depth of a K block): one packed B sliver, KC x NR, is reused by every
-//       A sliver of the block, so it should stay in L1:
-//       KC = 32 KiB / (NR * 4 B), clamped to [128, 512]
-//       (256 on AVX-512, 512 on AVX2 and NEON). Longer K blocks also mean
-//       fewer passes over C. K is then cut into equal blocks of at most KC.
+// Cache blocking, in floats, from the data caches of the target family:
+//   x86-64: 48 KiB L1d, 1 MiB L2 per core (Zen 4/5, Intel since Ice Lake);
+//   ARM:    32 KiB L1d, 512 KiB L2 (Cortex-A53/A72, shared by the cluster).
+// A smaller cache than assumed costs some speed, never correctness.
+//   KC (depth of a K block): the micro-kernel walks an MR x KC sliver of A
+//       and a KC x NR sliver of B together, and the B sliver is reused by
+//       every A sliver of the block, so both should fit in L1d:
+//       KC = L1d / ((MR + NR) * 4 B), rounded down to a multiple of 64 and
+//       clamped to [128, 512]: 256 on AVX-512, 512 on AVX2, NEON and scalar.
+//       Longer K blocks mean fewer passes over C; measured on Zen 5, KC = 128
+//       is 10-30 % slower at K = 784, 256 to 512 are equal. K itself is cut
+//       into equal blocks of at most KC (784 -> 4 x 196, not 3 x 256 + 16).
 //   MC (rows of an A block): the MC x KC block is read once per B sliver, so
-//       it should stay in half of L2: MC = 256 KiB / (KC * 4 B), a multiple
-//       of MR (256 rows on AVX-512, 126..128 elsewhere).
-//   NC (columns of a B panel): the KC x NC panel is reused by every A block
-//       and lives in L2/L3; NC = 1 MiB / (KC * 4 B) bounds the scratch.
+//       it should stay in half of L2: MC = L2 / 2 / (KC * 4 B), a multiple
+//       of MR (512 rows on AVX-512, 252 on AVX2, 126..128 on ARM).
+//   NC (columns of a B panel): the KC x NC panel is reused by every A block,
+//       so it should stay in L2 (L3 on x86): NC = L2 / (KC * 4 B), a multiple
+//       of NR (1024 on AVX-512, 512 on AVX2, 256 on ARM). This also bounds
+//       the scratch to about L2 + L2 / 2.
+#if defined(__x86_64__) || defined(__i386__)
+constexpr int kGemmL1dBytes = 48 * 1024;
+constexpr int kGemmL2Bytes = 1024 * 1024;
+#else
+constexpr int kGemmL1dBytes = 32 * 1024;
+constexpr int kGemmL2Bytes = 512 * 1024;
+#endif
 constexpr int gemm_clamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
-constexpr int kGemmKC = gemm_clamp(32 * 1024 / (kGemmNR * 4), 128, 512);
-constexpr int kGemmMC = 256 * 1024 / (kGemmKC * 4) / kGemmMR * kGemmMR;
-constexpr int kGemmNC = 1024 * 1024 / (kGemmKC * 4) / kGemmNR * kGemmNR;
+constexpr int kGemmKC = gemm_clamp(kGemmL1dBytes / ((kGemmMR + kGemmNR) * 4) / 64 * 64, 128, 512);
+constexpr int kGemmMC = kGemmL2Bytes / 2 / (kGemmKC * 4) / kGemmMR * kGemmMR;
+constexpr int kGemmNC = kGemmL2Bytes / (kGemmKC * 4) / kGemmNR * kGemmNR;
 
 // Floats of packing scratch gemm_f32 needs: one B panel and one A block.
 // Both start on 64-byte boundaries when `pack` does (KC * NC is a multiple
@@ -105,7 +119,8 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
                                     int kc) {
     using simd::vf;
     constexpr int MR = kGemmMR, NR = kGemmNR, W = simd::kWidth;
-    vf acc[MR][NV];
+    vf acc[MR][NV];  // the tile of C, in registers
+    // M x N: zero the accumulators.
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
@@ -113,6 +128,7 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
 
     // K: one rank-1 update per step, acc += a[:, p] * b[p, :].
     for (int p = 0; p < kc; ++p, a += cs_a, b += NR) {
+        // N: row p of the B sliver, NV vectors.
         vf bp[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) bp[v] = vf::load_unaligned(b + v * W);
@@ -205,6 +221,37 @@ static inline void gemm_f32_copy_nr(float* dst, const float* src) {
 #endif
 }
 
+// Zero one row of a B sliver (NR floats), before a ragged edge is copied in.
+static inline void gemm_f32_zero_nr(float* dst) {
+#if NN_SIMD
+    for (int v = 0; v < kGemmNV; ++v) simd::vf(0.f).store_unaligned(dst + v * simd::kWidth);
+#else
+    for (int j = 0; j < kGemmNR; ++j) dst[j] = 0.f;
+#endif
+}
+
+// dst[q*ldd + r] = src[r*lds + q] for a 4 x 4 block (q, r < 4). With SIMD,
+// four 4-float vectors (xmm on x86, q registers on NEON) and two rounds of
+// zips, the classic in-register transpose:
+//   rows  a b c d -> zip(a,c) zip(b,d) = a0 b0 c0 d0 ... after round two.
+static inline void gemm_f32_transpose_4x4(float* dst, int ldd, const float* src, int lds) {
+#if NN_SIMD
+    using v4 = xsimd::make_sized_batch_t<float, 4>;  // 4 floats: SSE, AVX*, NEON
+    static_assert(!std::is_void<v4>::value, "gemm: no 4-float SIMD batch on this target");
+    const v4 a = v4::load_unaligned(src), b = v4::load_unaligned(src + lds);
+    const v4 c = v4::load_unaligned(src + 2 * lds), d = v4::load_unaligned(src + 3 * lds);
+    const v4 ac_lo = xsimd::zip_lo(a, c), ac_hi = xsimd::zip_hi(a, c);  // a0 c0 a1 c1 | a2 c2 a3 c3
+    const v4 bd_lo = xsimd::zip_lo(b, d), bd_hi = xsimd::zip_hi(b, d);  // b0 d0 b1 d1 | b2 d2 b3 d3
+    xsimd::zip_lo(ac_lo, bd_lo).store_unaligned(dst);                   // a0 b0 c0 d0
+    xsimd::zip_hi(ac_lo, bd_lo).store_unaligned(dst + ldd);             // a1 b1 c1 d1
+    xsimd::zip_lo(ac_hi, bd_hi).store_unaligned(dst + 2 * ldd);         // a2 b2 c2 d2
+    xsimd::zip_hi(ac_hi, bd_hi).store_unaligned(dst + 3 * ldd);         // a3 b3 c3 d3
+#else
+    for (int q = 0; q < 4; ++q)
+        for (int r = 0; r < 4; ++r) dst[q * ldd + r] = src[r * lds + q];
+#endif
+}
+
 // Pack the kc x nc panel of op(B) starting at (p0, j0) into NR-wide slivers:
 //   dst[(j / NR) * kc * NR + p * NR + j % NR] = op(B)(p0 + p, j0 + j)
 // with columns j >= nc of the last sliver set to zero.
@@ -223,22 +270,28 @@ static inline void gemm_f32_pack_b(float* dst, const float* B, int ldb, bool tra
                 if (nr == NR) {
                     gemm_f32_copy_nr(d, src);
                 } else {
+                    gemm_f32_zero_nr(d);
                     for (int jj = 0; jj < nr; ++jj) d[jj] = src[jj];
-                    for (int jj = nr; jj < NR; ++jj) d[jj] = 0.f;
                 }
             }
         } else {
             // op(B)(p, j) = B[j*ldb + p]: column j of the sliver is row j of
-            // B. Transpose 4 rows of B at a time, so that 4 contiguous reads
-            // fill 4 adjacent floats of each sliver row.
+            // B. Transpose 4 rows of B at a time, in 4 x 4 blocks.
             const float* src = B + (ptrdiff_t)(j0 + j) * ldb + p0;
+            // K: a ragged sliver starts as zeros (the padding right of nr).
+            if (nr < NR)
+                for (int p = 0; p < kc; ++p) gemm_f32_zero_nr(dst + p * NR);
             int jj = 0;
             // N: 4 sliver columns (rows of B) per step.
             for (; jj + 4 <= nr; jj += 4) {
                 const float* s0 = src + (ptrdiff_t)jj * ldb;
                 const float *s1 = s0 + ldb, *s2 = s1 + ldb, *s3 = s2 + ldb;
-                // K: down the 4 columns.
-                for (int p = 0; p < kc; ++p) {
+                int p = 0;
+                // K: 4 sliver rows per step.
+                for (; p + 4 <= kc; p += 4)
+                    gemm_f32_transpose_4x4(dst + p * NR + jj, NR, s0 + p, ldb);
+                // K: the last kc % 4 sliver rows.
+                for (; p < kc; ++p) {
                     float* d = dst + p * NR + jj;
                     d[0] = s0[p];
                     d[1] = s1[p];
@@ -251,10 +304,6 @@ static inline void gemm_f32_pack_b(float* dst, const float* B, int ldb, bool tra
                 const float* s = src + (ptrdiff_t)jj * ldb;
                 for (int p = 0; p < kc; ++p) dst[p * NR + jj] = s[p];
             }
-            // K x N: zeros right of the edge.
-            if (nr < NR)
-                for (int p = 0; p < kc; ++p)
-                    for (int z = nr; z < NR; ++z) dst[p * NR + z] = 0.f;
         }
     }
 }
@@ -315,7 +364,7 @@ inline void gemm_f32(float* C, int ldc, const float* A, int lda, bool trans_a, c
                      int M, int N, int K) {
     constexpr int MR = kGemmMR, NR = kGemmNR;
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {  // op(A) * op(B) is empty: C = beta * C + bias.
+    if (K <= 0) {  // op(A) * op(B) is empty: C = beta * C + bias, row by row.
         for (int i = 0; i < M; ++i) {
             float* ci = C + (ptrdiff_t)i * ldc;
             for (int j = 0; j < N; ++j) {
