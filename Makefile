@@ -32,7 +32,7 @@ endif
 CXXFLAGS_ALL = $(STD) $(OPT) $(ARCH) $(WARN) $(DEFS) -I. $(EXTRA)
 
 LIB_SRC   = nn_impl.cpp
-LIB_DEPS  = nn.hpp $(wildcard kernels/*.hpp) $(wildcard parts/*.inc)
+LIB_DEPS  = nn.hpp $(wildcard kernels/*.hpp)
 EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer
 TEST_SRC  = $(wildcard tests/test_*.cpp) tests/main.cpp
 BENCH_SRC = $(wildcard bench/*.cpp)

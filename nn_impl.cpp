@@ -3,8 +3,8 @@
 // Compile this file once and link it with your program. It includes every
 // kernel header from kernels/ (the hot loops, each beside its plain
 // reference) and then implements the API declared in nn.hpp, in the order
-// the tour in nn.hpp introduces it: core types, layers, losses, optimizers,
-// data, the model, gradient checking.
+// the tour in nn.hpp introduces it, one banner per section: core types,
+// layers, losses, optimizers, data, the model, gradient checking.
 #include "nn.hpp"
 
 #include "kernels/simd.hpp"
@@ -13,14 +13,2764 @@
 #include "kernels/loss.hpp"
 #include "kernels/optim.hpp"
 
-#include "parts/prelude.inc"
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdarg>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>  // MXCSR: flush denormals during fit
+#endif
+#if defined(NN_HAVE_ZLIB) && NN_HAVE_ZLIB
+#include <zlib.h>  // gzipped IDX files
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>  // isatty: redraw the progress bar only on a terminal
+#define NN_HAVE_ISATTY 1
+#endif
 
 namespace nn {
-#include "parts/core.inc"
-#include "parts/layers.inc"
-#include "parts/loss.inc"
-#include "parts/optim.inc"
-#include "parts/data.inc"
-#include "parts/model.inc"
-#include "parts/gradcheck.inc"
+
+// ===========================================================================
+// Core: assertions, Status, checked size arithmetic, Arena, Shape, Tensor, Rng
+// ===========================================================================
+
+[[noreturn]] void assert_fail(const char* cond, const char* file, int line) {
+    std::fprintf(stderr, "nn: assertion failed: %s (%s:%d)\n", cond, file, line);
+    std::abort();
+}
+
+Status errorf(const char* fmt, ...) {
+    Status s;
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(s.msg, sizeof s.msg, fmt, ap);
+    va_end(ap);
+    if (!s.msg[0]) std::snprintf(s.msg, sizeof s.msg, "nn: unspecified error");
+    return s;
+}
+
+bool size_mul(size_t a, size_t b, size_t* out) {
+    if (a != 0 && b > SIZE_MAX / a) return false;
+    *out = a * b;
+    return true;
+}
+
+bool size_add(size_t a, size_t b, size_t* out) {
+    if (b > SIZE_MAX - a) return false;
+    *out = a + b;
+    return true;
+}
+
+// --- Arena -----------------------------------------------------------------
+
+Status Arena::reserve(size_t bytes) {
+    release();
+    size_t rounded;
+    if (!size_add(bytes, kArenaAlign - 1, &rounded))
+        return errorf("arena: cannot reserve %zu bytes (size overflows)", bytes);
+    rounded -= rounded % kArenaAlign;
+    if (rounded == 0) rounded = kArenaAlign;
+    void* p = std::aligned_alloc(kArenaAlign, rounded);
+    if (!p) return errorf("arena: the system refused %zu bytes", rounded);
+    base = static_cast<unsigned char*>(p);
+    capacity = rounded;
+    used = peak = 0;
+    owns = true;
+    measuring = false;
+    return Status{};
+}
+
+Status Arena::wrap(void* buffer, size_t bytes) {
+    release();
+    if (!buffer) return errorf("arena: wrap() was given a null buffer of %zu bytes", bytes);
+    uintptr_t p = reinterpret_cast<uintptr_t>(buffer);
+    size_t skip = (kArenaAlign - p % kArenaAlign) % kArenaAlign;
+    if (bytes < skip) return errorf("arena: buffer of %zu bytes is smaller than its %zu-byte alignment padding", bytes, skip);
+    base = static_cast<unsigned char*>(buffer) + skip;
+    capacity = bytes - skip;
+    used = peak = 0;
+    owns = false;
+    measuring = false;
+    return Status{};
+}
+
+void Arena::begin_measure() {
+    release();
+    measuring = true;
+    capacity = SIZE_MAX;
+}
+
+void* Arena::alloc(size_t bytes, Status* err, const char* what) {
+    size_t start = (used + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
+    size_t end;
+    bool fits = start >= used && size_add(start, bytes, &end) && end <= capacity;
+    if (!fits) {
+        if (err && err->ok()) {
+            size_t avail = capacity > used ? capacity - used : 0;
+            *err = errorf("arena exhausted by %s: requested %zu bytes, available %zu, missing %zu "
+                          "(capacity %zu, in use %zu)",
+                          what, bytes, avail, bytes > avail ? bytes - avail : 0, capacity, used);
+        }
+        return nullptr;
+    }
+    used = end;
+    if (used > peak) peak = used;
+    if (measuring) return nullptr;
+    return base + start;
+}
+
+float* Arena::alloc_floats(size_t count, Status* err, const char* what) {
+    size_t bytes;
+    if (!size_mul(count, sizeof(float), &bytes)) {
+        if (err && err->ok()) *err = errorf("arena: %s asks for %zu floats, which overflows size_t", what, count);
+        return nullptr;
+    }
+    return static_cast<float*>(alloc(bytes, err, what));
+}
+
+void Arena::release() {
+    if (owns && base) std::free(base);
+    base = nullptr;
+    capacity = used = peak = 0;
+    owns = false;
+    measuring = false;
+}
+
+// --- Shape and Tensor -------------------------------------------------------
+
+size_t Shape::numel() const {
+    if (ndim == 0) return 0;
+    size_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= (size_t)(dim[i] > 0 ? dim[i] : 0);
+    return n;
+}
+
+bool Shape::operator==(const Shape& o) const {
+    if (ndim != o.ndim) return false;
+    for (int i = 0; i < ndim; ++i)
+        if (dim[i] != o.dim[i]) return false;
+    return true;
+}
+
+Shape make_shape(std::initializer_list<int> dims) {
+    NN_ASSERT(dims.size() >= 1 && dims.size() <= (size_t)kMaxDims);
+    Shape s;
+    for (int d : dims) s.dim[s.ndim++] = d;
+    return s;
+}
+
+const char* shape_str(const Shape& s, char* buf, size_t cap) {
+    size_t at = 0;
+    at += (size_t)std::snprintf(buf + at, cap - at, "(");
+    for (int i = 0; i < s.ndim && at < cap; ++i)
+        at += (size_t)std::snprintf(buf + at, cap - at, i ? ", %d" : "%d", s.dim[i]);
+    if (at < cap) std::snprintf(buf + at, cap - at, s.ndim == 1 ? ",)" : ")");
+    return buf;
+}
+
+Shape batched(const Shape& sample, int batch) {
+    NN_ASSERT(sample.ndim < kMaxDims);
+    Shape s;
+    s.ndim = sample.ndim + 1;
+    s.dim[0] = batch;
+    for (int i = 0; i < sample.ndim; ++i) s.dim[i + 1] = sample.dim[i];
+    return s;
+}
+
+size_t Tensor::row_size() const {
+    return shape.dim[0] > 0 ? numel() / (size_t)shape.dim[0] : 0;
+}
+
+Tensor Tensor::reshape(const Shape& s) const {
+    NN_ASSERT(s.numel() == numel());
+    Tensor t;
+    t.data = data;
+    t.shape = s;
+    return t;
+}
+
+Tensor Tensor::reshape(std::initializer_list<int> dims) const { return reshape(make_shape(dims)); }
+
+Tensor Tensor::rows(int begin, int end) const {
+    NN_ASSERT(0 <= begin && begin <= end && end <= shape.dim[0]);
+    Tensor t;
+    t.data = data + (size_t)begin * row_size();
+    t.shape = shape;
+    t.shape.dim[0] = end - begin;
+    return t;
+}
+
+Tensor tensor_view(float* data, const Shape& s) {
+    Tensor t;
+    t.data = data;
+    t.shape = s;
+    return t;
+}
+
+Tensor tensor_view(float* data, std::initializer_list<int> dims) { return tensor_view(data, make_shape(dims)); }
+
+Status tensor_alloc(Arena& a, const Shape& s, Tensor* out, const char* what) {
+    Status st;
+    out->shape = s;
+    out->data = a.alloc_floats(s.numel(), &st, what);
+    return st;
+}
+
+// --- Rng: PCG32 (O'Neill), a 64-bit state that a checkpoint can store -------
+
+void Rng::seed_with(uint64_t seed) {
+    state = 0;
+    next_u32();
+    state += seed + 0x853c49e6748fea9bULL;
+    next_u32();
+}
+
+uint32_t Rng::next_u32() {
+    uint64_t old = state;
+    state = old * 6364136223846793005ULL + 1442695040888963407ULL;
+    uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
+    uint32_t rot = (uint32_t)(old >> 59u);
+    return (xorshifted >> rot) | (xorshifted << ((32 - rot) & 31));
+}
+
+float Rng::uniform() { return (float)(next_u32() >> 8) * (1.0f / 16777216.0f); }
+
+float Rng::uniform(float lo, float hi) { return lo + (hi - lo) * uniform(); }
+
+float Rng::normal() {
+    // Box-Muller; u1 in (0, 1] so the log is finite.
+    float u1 = 1.0f - uniform();
+    float u2 = uniform();
+    return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.28318530718f * u2);
+}
+
+uint32_t Rng::below(uint32_t n) {
+    NN_ASSERT(n > 0);
+    uint32_t threshold = (uint32_t)(-n) % n;  // reject the biased low values
+    for (;;) {
+        uint32_t r = next_u32();
+        if (r >= threshold) return r % n;
+    }
+}
+
+// --- Runtime switches -------------------------------------------------------
+
+static int g_num_threads = 0;  // 0: not yet read from NN_NUM_THREADS
+
+void set_num_threads(int n) { g_num_threads = n < 1 ? 1 : n; }
+
+int num_threads() {
+    if (g_num_threads == 0) {
+        const char* env = std::getenv("NN_NUM_THREADS");
+        int n = env ? std::atoi(env) : 1;
+        g_num_threads = n < 1 ? 1 : n;
+    }
+    return g_num_threads;
+}
+
+const char* simd_arch() { return simd::arch_name(); }
+
+uint64_t flush_denormals() {
+#if defined(__SSE__) || defined(__x86_64__)
+    unsigned int csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+    return csr;
+#elif defined(__aarch64__)
+    uint64_t fpcr;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+    __asm__ __volatile__("msr fpcr, %0" ::"r"(fpcr | (1ull << 24)));  // FZ
+    return fpcr;
+#elif defined(__arm__) && defined(__ARM_FP)
+    uint32_t fpscr;
+    __asm__ __volatile__("vmrs %0, fpscr" : "=r"(fpscr));
+    __asm__ __volatile__("vmsr fpscr, %0" ::"r"(fpscr | (1u << 24)));  // FZ
+    return fpscr;
+#else
+    return 0;
+#endif
+}
+
+void restore_denormals(uint64_t saved) {
+#if defined(__SSE__) || defined(__x86_64__)
+    _mm_setcsr((unsigned int)saved);
+#elif defined(__aarch64__)
+    __asm__ __volatile__("msr fpcr, %0" ::"r"(saved));
+#elif defined(__arm__) && defined(__ARM_FP)
+    uint32_t v = (uint32_t)saved;
+    __asm__ __volatile__("vmsr fpscr, %0" ::"r"(v));
+#else
+    (void)saved;
+#endif
+}
+// ===========================================================================
+// Layers: constructors, build, forward, backward — one switch on `kind`.
+// ===========================================================================
+
+static Layer make_layer(LayerKind kind, Act act) {
+    Layer L;
+    L.kind = kind;
+    L.act = act;
+    return L;
+}
+
+Layer Dense(int in_features, int units, Act act, bool use_bias) {
+    Layer L = make_layer(LayerKind::Dense, act);
+    L.in_features = in_features;
+    L.units = units;
+    L.use_bias = use_bias;
+    return L;
+}
+Layer Dense(int units, Act act) { return Dense(0, units, act, true); }
+Layer ReLU() { return make_layer(LayerKind::Activation, Act::ReLU); }
+Layer LeakyReLU(float negative_slope) {
+    Layer L = make_layer(LayerKind::Activation, Act::LeakyReLU);
+    L.leaky_slope = negative_slope;
+    return L;
+}
+Layer Sigmoid() { return make_layer(LayerKind::Activation, Act::Sigmoid); }
+Layer Tanh() { return make_layer(LayerKind::Activation, Act::Tanh); }
+Layer Softmax() { return make_layer(LayerKind::Activation, Act::Softmax); }
+Layer Linear() { return make_layer(LayerKind::Activation, Act::None); }
+Layer Dropout(float rate) {
+    Layer L = make_layer(LayerKind::Dropout, Act::None);
+    L.rate = rate;
+    return L;
+}
+Layer Flatten() { return make_layer(LayerKind::Flatten, Act::None); }
+Layer Custom(const CustomLayerOps* ops, void* user) {
+    Layer L = make_layer(LayerKind::Custom, Act::None);
+    L.custom = ops;
+    L.user = user;
+    return L;
+}
+
+const char* act_name(Act a) {
+    switch (a) {
+        case Act::None: return "Linear";
+        case Act::ReLU: return "ReLU";
+        case Act::LeakyReLU: return "LeakyReLU";
+        case Act::Sigmoid: return "Sigmoid";
+        case Act::Tanh: return "Tanh";
+        case Act::Softmax: return "Softmax";
+    }
+    return "?";
+}
+
+const char* Layer::type_name() const {
+    switch (kind) {
+        case LayerKind::Dense: return "Dense";
+        case LayerKind::Activation: return act_name(act);
+        case LayerKind::Dropout: return "Dropout";
+        case LayerKind::Flatten: return "Flatten";
+        case LayerKind::Custom: return custom && custom->type_name ? custom->type_name : "Custom";
+    }
+    return "?";
+}
+
+size_t Layer::param_count() const {
+    size_t n = 0;
+    for (int i = 0; i < n_params; ++i) n += param_shape[i].numel();
+    return n;
+}
+
+Status declare_param(Layer& self, const char* name, const Shape& shape) {
+    if (self.n_params >= kMaxParams)
+        return errorf("layer \"%s\": more than %d parameters declared", self.name, kMaxParams);
+    if (shape.ndim < 1 || shape.numel() == 0)
+        return errorf("layer \"%s\": parameter \"%s\" has an empty shape", self.name, name);
+    int i = self.n_params++;
+    std::snprintf(self.param_name[i], sizeof self.param_name[i], "%s", name);
+    self.param_shape[i] = shape;
+    return Status{};
+}
+
+Status output_shape(const Layer& L, const Shape& in, Shape* out) {
+    char buf[64];
+    if (in.ndim < 1 || in.numel() == 0)
+        return errorf("layer \"%s\" (%s): input shape %s is empty", L.name, L.type_name(),
+                      shape_str(in, buf, sizeof buf));
+    switch (L.kind) {
+        case LayerKind::Dense:
+            if (in.ndim != 1)
+                return errorf("Dense \"%s\": input shape %s is not flat; add Flatten() before it",
+                              L.name, shape_str(in, buf, sizeof buf));
+            if (L.in_features > 0 && L.in_features != in.dim[0])
+                return errorf("Dense \"%s\": input has %d features, layer expects %d", L.name,
+                              in.dim[0], L.in_features);
+            if (L.units < 1) return errorf("Dense \"%s\": units must be >= 1 (got %d)", L.name, L.units);
+            if (L.act == Act::LeakyReLU && !(L.leaky_slope >= 0.0f))
+                return errorf("Dense \"%s\": leaky slope must be >= 0 (got %g)", L.name, (double)L.leaky_slope);
+            *out = make_shape({L.units});
+            return Status{};
+        case LayerKind::Activation:
+            if (L.act == Act::LeakyReLU && !(L.leaky_slope >= 0.0f))
+                return errorf("LeakyReLU \"%s\": negative_slope must be >= 0 (got %g)", L.name,
+                              (double)L.leaky_slope);
+            *out = in;
+            return Status{};
+        case LayerKind::Dropout:
+            if (!(L.rate >= 0.0f && L.rate < 1.0f))
+                return errorf("Dropout \"%s\": rate must be in [0, 1) (got %g)", L.name, (double)L.rate);
+            *out = in;
+            return Status{};
+        case LayerKind::Flatten:
+            *out = make_shape({(int)in.numel()});
+            return Status{};
+        case LayerKind::Custom:
+            if (!L.custom || !L.custom->forward || !L.custom->backward)
+                return errorf("custom layer \"%s\": forward and backward functions are required", L.name);
+            if (!L.custom->output_shape) {
+                *out = in;
+                return Status{};
+            }
+            return L.custom->output_shape(L, in, out);
+    }
+    return errorf("layer \"%s\": unknown kind", L.name);
+}
+
+// Kaiming-uniform with a = sqrt(5), as torch.nn.Linear: both weight and bias
+// ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+static void dense_init(Layer& L, Rng& rng) {
+    const float bound = 1.0f / std::sqrt((float)L.in_features);
+    Tensor& w = L.params[0];
+    for (size_t i = 0; i < w.numel(); ++i) w.data[i] = rng.uniform(-bound, bound);
+    if (L.use_bias)
+        for (int j = 0; j < L.units; ++j) L.params[1].data[j] = rng.uniform(-bound, bound);
+}
+
+Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t seed) {
+    if (max_batch < 1) return errorf("layer \"%s\": max_batch must be >= 1 (got %d)", L.name, max_batch);
+    Shape out;
+    Status st = output_shape(L, in, &out);
+    if (!st) return st;
+    Layer b = L;  // built on a copy: L changes only when everything fits
+    b.in_shape = in;
+    b.out_shape = out;
+    b.max_batch = max_batch;
+    if (b.kind == LayerKind::Dense) {
+        b.in_features = in.dim[0];
+        b.n_params = 0;
+        st = declare_param(b, "weight", make_shape({b.units, b.in_features}));
+        if (st && b.use_bias) st = declare_param(b, "bias", make_shape({b.units}));
+        if (!st) return st;
+    } else if (b.kind == LayerKind::Custom && b.custom->declare) {
+        b.n_params = 0;
+        st = b.custom->declare(b, in);
+        if (!st) return st;
+    }
+    const size_t rows_out = (size_t)max_batch * out.numel();
+    for (int i = 0; i < b.n_params; ++i) {
+        if (st) st = tensor_alloc(arena, b.param_shape[i], &b.params[i], b.name);
+        if (st) st = tensor_alloc(arena, b.param_shape[i], &b.grads[i], b.name);
+    }
+    if (b.kind == LayerKind::Dense) {
+        if (b.act != Act::None) b.scratch = arena.alloc_floats(rows_out, &st, b.name);
+        if (b.act == Act::Softmax) b.logits = arena.alloc_floats(rows_out, &st, b.name);
+        if (!b.pack && !b.pack_shared) b.pack = arena.alloc_floats(gemm_pack_floats(), &st, b.name);
+    }
+    if (b.kind == LayerKind::Dropout) b.mask = arena.alloc_floats(rows_out, &st, b.name);
+    if (!st) return st;
+    b.built = true;
+    b.rng.seed_with(seed ^ 0x9e3779b97f4a7c15ULL);
+    if (!arena.measuring) {
+        Rng init_rng(seed);
+        if (b.kind == LayerKind::Dense) dense_init(b, init_rng);
+        if (b.kind == LayerKind::Custom && b.custom->init) b.custom->init(b, init_rng);
+        for (int i = 0; i < b.n_params; ++i) std::memset(b.grads[i].data, 0, b.grads[i].numel() * sizeof(float));
+    }
+    L = b;
+    return Status{};
+}
+
+// x must be (B, in_shape...) with B <= max_batch; y (when given) must hold B
+// rows of `row` values: the output in forward, dx (= in_shape) in backward.
+static Status check_io(const Layer& L, const Tensor& y, const Tensor& x, const char* what, const Shape& row) {
+    if (!L.built) return errorf("layer \"%s\" (%s): %s before build()", L.name, L.type_name(), what);
+    int B = x.shape.dim[0];
+    if (x.shape.ndim < 2 || B < 1 || x.row_size() != L.in_shape.numel()) {
+        char a[64], e[64];
+        return errorf("layer \"%s\" (%s): %s got input %s, expects (B, %s) samples of %zu values",
+                      L.name, L.type_name(), what, shape_str(x.shape, a, sizeof a),
+                      shape_str(L.in_shape, e, sizeof e), L.in_shape.numel());
+    }
+    if (B > L.max_batch)
+        return errorf("layer \"%s\" (%s): batch of %d exceeds the max_batch %d it was built for",
+                      L.name, L.type_name(), B, L.max_batch);
+    if (y.data && (y.shape.dim[0] != B || y.row_size() != row.numel())) {
+        char a[64];
+        return errorf("layer \"%s\" (%s): %s tensor %s does not hold %d x %zu values",
+                      L.name, L.type_name(), what, shape_str(y.shape, a, sizeof a), B, row.numel());
+    }
+    return Status{};
+}
+
+// act(z) in place on (rows, cols); a Softmax keeps the logits for the fused
+// cross-entropy.
+static void activation_forward(const Layer& L, float* y, const float* x, size_t rows, size_t cols) {
+    const size_t n = rows * cols;
+    switch (L.act) {
+        case Act::None:
+            if (y != x) std::memcpy(y, x, n * sizeof(float));
+            break;
+        case Act::ReLU: leaky_relu_forward(y, x, 0.0f, n); break;
+        case Act::LeakyReLU: leaky_relu_forward(y, x, L.leaky_slope, n); break;
+        case Act::Sigmoid: sigmoid_forward(y, x, n); break;
+        case Act::Tanh: tanh_forward(y, x, n); break;
+        case Act::Softmax: softmax_forward(y, x, rows, cols); break;
+    }
+}
+
+static void activation_backward(const Layer& L, float* dx, const float* dy, const float* y,
+                                size_t rows, size_t cols) {
+    const size_t n = rows * cols;
+    switch (L.act) {
+        case Act::None:
+            if (dx != dy) std::memcpy(dx, dy, n * sizeof(float));
+            break;
+        case Act::ReLU: leaky_relu_backward(dx, dy, y, 0.0f, n); break;
+        case Act::LeakyReLU: leaky_relu_backward(dx, dy, y, L.leaky_slope, n); break;
+        case Act::Sigmoid: sigmoid_backward(dx, dy, y, n); break;
+        case Act::Tanh: tanh_backward(dx, dy, y, n); break;
+        case Act::Softmax: softmax_backward(dx, dy, y, rows, cols); break;
+    }
+}
+
+// x is (B, in), W is (out, in), y is (B, out):  y = act(x W^T + b)
+static void dense_forward(Layer& L, float* y, const float* x, int B) {
+    const int in = L.in_features, out = L.units;
+    const float* bias = L.use_bias ? L.params[1].data : nullptr;
+    float* z = L.act == Act::Softmax ? L.logits : y;
+    gemm_f32(z, out, x, in, false, L.params[0].data, in, true, bias, 1.0f, 0.0f, L.pack, B, out, in);
+    if (L.act != Act::None) activation_forward(L, y, z, (size_t)B, (size_t)out);
+}
+
+// dz is (B, out), the gradient before the activation:
+// dW += dz^T x, db += sum_rows dz, dx = dz W (when dx is wanted)
+static void dense_backward_z(Layer& L, float* dx, const float* dz, const float* x, int B) {
+    const int in = L.in_features, out = L.units;
+    gemm_f32(L.grads[0].data, in, dz, out, true, x, in, false, nullptr, 1.0f, 1.0f, L.pack, out, in, B);
+    if (L.use_bias) column_sum_accumulate(L.grads[1].data, dz, (size_t)B, (size_t)out);
+    if (dx)
+        gemm_f32(dx, in, dz, out, false, L.params[0].data, in, false, nullptr, 1.0f, 0.0f, L.pack, B, in, out);
+}
+
+Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
+    Status st = check_io(L, y, x, "forward output", L.out_shape);
+    if (!st) return st;
+    if (!y.data) return errorf("layer \"%s\": forward needs an output tensor", L.name);
+    const int B = x.shape.dim[0];
+    const size_t n = x.numel();
+    L.last_mode = mode;
+    switch (L.kind) {
+        case LayerKind::Dense: dense_forward(L, y.data, x.data, B); break;
+        case LayerKind::Activation:
+            activation_forward(L, y.data, x.data, (size_t)B, x.row_size());
+            break;
+        case LayerKind::Dropout:
+            if (mode == Mode::Train && L.rate > 0.0f) {
+                const float keep = 1.0f / (1.0f - L.rate);
+                for (size_t i = 0; i < n; ++i) L.mask[i] = L.rng.uniform() < L.rate ? 0.0f : keep;
+                multiply(y.data, x.data, L.mask, n);
+            } else if (y.data != x.data) {
+                std::memcpy(y.data, x.data, n * sizeof(float));
+            }
+            break;
+        case LayerKind::Flatten:
+            if (y.data != x.data) std::memcpy(y.data, x.data, n * sizeof(float));
+            break;
+        case LayerKind::Custom: L.custom->forward(L, y, x, mode); break;
+    }
+    return Status{};
+}
+
+Status backward(Layer& L, Tensor dx, const Tensor& dy, const Tensor& x, const Tensor& y) {
+    Status st = check_io(L, dx, x, "backward input-gradient", L.in_shape);
+    if (!st) return st;
+    if (dy.numel() != (size_t)x.shape.dim[0] * L.out_shape.numel())
+        return errorf("layer \"%s\" (%s): backward got %zu output gradients, expects %d x %zu", L.name,
+                      L.type_name(), dy.numel(), x.shape.dim[0], L.out_shape.numel());
+    const int B = x.shape.dim[0];
+    const size_t n_out = dy.numel();
+    switch (L.kind) {
+        case LayerKind::Dense: {
+            const float* dz = dy.data;
+            if (L.act != Act::None) {
+                activation_backward(L, L.scratch, dy.data, y.data, (size_t)B, (size_t)L.units);
+                dz = L.scratch;
+            }
+            dense_backward_z(L, dx.data, dz, x.data, B);
+            break;
+        }
+        case LayerKind::Activation:
+            if (dx.data) activation_backward(L, dx.data, dy.data, y.data, (size_t)B, dy.row_size());
+            break;
+        case LayerKind::Dropout:
+            if (!dx.data) break;
+            if (L.last_mode == Mode::Train && L.rate > 0.0f)
+                multiply(dx.data, dy.data, L.mask, n_out);
+            else if (dx.data != dy.data)
+                std::memcpy(dx.data, dy.data, n_out * sizeof(float));
+            break;
+        case LayerKind::Flatten:
+            if (dx.data && dx.data != dy.data) std::memcpy(dx.data, dy.data, n_out * sizeof(float));
+            break;
+        case LayerKind::Custom: L.custom->backward(L, dx, dy, x, y); break;
+    }
+    return Status{};
+}
+
+Status backward_preact(Layer& L, Tensor dx, const Tensor& dz, const Tensor& x) {
+    Status st = check_io(L, dx, x, "backward_preact input-gradient", L.in_shape);
+    if (!st) return st;
+    if (L.kind != LayerKind::Dense)
+        return errorf("layer \"%s\" (%s): backward_preact is for Dense layers", L.name, L.type_name());
+    dense_backward_z(L, dx.data, dz.data, x.data, x.shape.dim[0]);
+    return Status{};
+}
+
+void zero_grad(Layer& L) {
+    for (int i = 0; i < L.n_params; ++i)
+        if (L.grads[i].data) std::memset(L.grads[i].data, 0, L.grads[i].numel() * sizeof(float));
+}
+
+int layer_params(Layer& L, Param* out, int cap) {
+    int k = 0;
+    for (int i = 0; i < L.n_params && k < cap; ++i, ++k) {
+        out[k].name = L.param_name[i];
+        out[k].value = L.params[i].data;
+        out[k].grad = L.grads[i].data;
+        out[k].size = L.params[i].numel();
+        out[k].trainable = !L.frozen;
+    }
+    return k;
+}
+
+float regularization_loss(const Layer& L) {
+    if (L.kind != LayerKind::Dense || (L.l1 == 0.0f && L.l2 == 0.0f) || !L.params[0].data) return 0.0f;
+    const Tensor& w = L.params[0];
+    double a = 0.0, s = 0.0;
+    for (size_t i = 0; i < w.numel(); ++i) {
+        a += std::fabs(w.data[i]);
+        s += (double)w.data[i] * w.data[i];
+    }
+    return (float)(L.l1 * a + L.l2 * s);
+}
+
+// d/dw (l1 |w| + l2 w^2) = l1 sign(w) + 2 l2 w, added to the weight gradient
+void regularization_backward(Layer& L) {
+    if (L.kind != LayerKind::Dense || (L.l1 == 0.0f && L.l2 == 0.0f) || !L.params[0].data) return;
+    const Tensor& w = L.params[0];
+    float* g = L.grads[0].data;
+    const float two_l2 = 2.0f * L.l2, l1 = L.l1;
+    for (size_t i = 0; i < w.numel(); ++i) {
+        float wi = w.data[i];
+        g[i] += l1 * (wi > 0.0f ? 1.0f : (wi < 0.0f ? -1.0f : 0.0f)) + two_l2 * wi;
+    }
+}
+// ===========================================================================
+// Losses: checks on the targets, then one kernel from kernels/loss.hpp.
+// ===========================================================================
+
+static Loss make_loss(LossKind k) {
+    Loss l;
+    l.kind = k;
+    return l;
+}
+Loss MSE() { return make_loss(LossKind::MSE); }
+Loss MAE() { return make_loss(LossKind::MAE); }
+Loss Huber(float delta) {
+    Loss l = make_loss(LossKind::Huber);
+    l.delta = delta;
+    return l;
+}
+Loss BinaryCrossEntropy() { return make_loss(LossKind::BinaryCrossEntropy); }
+Loss BinaryCrossEntropyWithLogits() { return make_loss(LossKind::BinaryCrossEntropyLogits); }
+Loss CrossEntropy() { return make_loss(LossKind::CrossEntropy); }
+Loss CategoricalCrossEntropy() { return make_loss(LossKind::CategoricalCrossEntropy); }
+
+const char* loss_name(LossKind k) {
+    switch (k) {
+        case LossKind::MSE: return "mse";
+        case LossKind::MAE: return "mae";
+        case LossKind::Huber: return "huber";
+        case LossKind::BinaryCrossEntropy: return "binary_crossentropy";
+        case LossKind::BinaryCrossEntropyLogits: return "binary_crossentropy_with_logits";
+        case LossKind::CrossEntropy: return "cross_entropy";
+        case LossKind::CategoricalCrossEntropy: return "categorical_crossentropy";
+    }
+    return "?";
+}
+
+static bool loss_takes_labels(LossKind k) {
+    return k == LossKind::CrossEntropy || k == LossKind::CategoricalCrossEntropy;
+}
+
+static Status check_targets(const Loss& loss, const Tensor& pred, const Target& t) {
+    const int rows = pred.shape.dim[0];
+    const int cols = (int)pred.row_size();
+    if (rows < 1 || cols < 1) return errorf("loss %s: empty prediction", loss_name(loss.kind));
+    if (!t.labels && !t.values) return errorf("loss %s: no targets given", loss_name(loss.kind));
+    if (t.labels) {
+        if (!loss_takes_labels(loss.kind))
+            return errorf("loss %s: needs target values shaped like the prediction, not class labels "
+                          "(use one_hot, or a cross-entropy loss)", loss_name(loss.kind));
+        for (int r = 0; r < rows; ++r)
+            if (t.labels[r] < 0 || t.labels[r] >= cols)
+                return errorf("loss %s: label %d of sample %d is outside the %d classes the model outputs",
+                              loss_name(loss.kind), (int)t.labels[r], r, cols);
+    }
+    if (loss.kind == LossKind::Huber && !(loss.delta > 0.0f))
+        return errorf("loss huber: delta must be > 0 (got %g)", (double)loss.delta);
+    return Status{};
+}
+
+Status loss_forward_backward(const Loss& loss, Tensor dpred, const Tensor& pred, const Target& t,
+                             float* loss_out) {
+    Status st = check_targets(loss, pred, t);
+    if (!st) return st;
+    if (dpred.data && dpred.numel() != pred.numel())
+        return errorf("loss %s: gradient tensor holds %zu values, prediction %zu", loss_name(loss.kind),
+                      dpred.numel(), pred.numel());
+    const size_t rows = (size_t)pred.shape.dim[0], cols = pred.row_size(), n = pred.numel();
+    float* dp = dpred.data;
+    const float* p = pred.data;
+    const float* tv = t.values;
+    double value = 0.0;
+    switch (loss.kind) {
+        case LossKind::MSE: value = mse_loss(dp, p, tv, n); break;
+        case LossKind::MAE: value = mae_loss(dp, p, tv, n); break;
+        case LossKind::Huber: value = huber_loss(dp, p, tv, loss.delta, n); break;
+        case LossKind::BinaryCrossEntropy: value = bce_loss(dp, p, tv, n); break;
+        case LossKind::BinaryCrossEntropyLogits: value = bce_logits_loss(dp, p, tv, n); break;
+        case LossKind::CrossEntropy:
+            value = softmax_xent_loss(dp, nullptr, p, tv, t.values ? nullptr : t.labels, rows, cols);
+            break;
+        case LossKind::CategoricalCrossEntropy:
+            value = categorical_xent_loss(dp, p, tv, t.values ? nullptr : t.labels, rows, cols);
+            break;
+    }
+    *loss_out = (float)value;
+    return Status{};
+}
+
+Status softmax_cross_entropy(Tensor dz, float* p, const Tensor& z, const Target& t, float* loss_out) {
+    Status st = check_targets(CrossEntropy(), z, t);
+    if (!st) return st;
+    const size_t rows = (size_t)z.shape.dim[0], cols = z.row_size();
+    *loss_out = (float)softmax_xent_loss(dz.data, p, z.data, t.values, t.values ? nullptr : t.labels, rows, cols);
+    return Status{};
+}
+// ===========================================================================
+// Optimizers: configuration, validation, state carving and the step.
+// The update rules themselves are the kernels in kernels/optim.hpp.
+//
+// State slots per parameter (Optimizer::state[i * kStateSlots + slot]):
+//   SGD      0: momentum buffer             (only when momentum != 0)
+//   Adagrad  0: sum of squared gradients    (starts at initial_accumulator_value)
+//   RMSprop  0: square average  1: gradient average (centered)  2: momentum buffer (momentum > 0)
+//   Adam(W)  0: m  1: v  2: max of v        (amsgrad)
+// A slot the configuration does not use is null and costs no memory.
+// ===========================================================================
+
+OptimConfig SGD(float lr, float momentum, bool nesterov, float weight_decay, float dampening) {
+    OptimConfig c;
+    c.kind = OptKind::SGD;
+    c.lr = lr;
+    c.momentum = momentum;
+    c.nesterov = nesterov;
+    c.weight_decay = weight_decay;
+    c.dampening = dampening;
+    return c;
+}
+
+OptimConfig Adagrad(float lr, float lr_decay, float weight_decay, float initial_accumulator_value,
+                    float eps) {
+    OptimConfig c;
+    c.kind = OptKind::Adagrad;
+    c.lr = lr;
+    c.lr_decay = lr_decay;
+    c.weight_decay = weight_decay;
+    c.initial_accumulator_value = initial_accumulator_value;
+    c.eps = eps;
+    return c;
+}
+
+OptimConfig RMSprop(float lr, float alpha, float eps, float weight_decay, float momentum,
+                    bool centered) {
+    OptimConfig c;
+    c.kind = OptKind::RMSprop;
+    c.lr = lr;
+    c.alpha = alpha;
+    c.eps = eps;
+    c.weight_decay = weight_decay;
+    c.momentum = momentum;
+    c.centered = centered;
+    return c;
+}
+
+OptimConfig Adam(float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad) {
+    OptimConfig c;
+    c.kind = OptKind::Adam;
+    c.lr = lr;
+    c.beta1 = beta1;
+    c.beta2 = beta2;
+    c.eps = eps;
+    c.weight_decay = weight_decay;
+    c.amsgrad = amsgrad;
+    return c;
+}
+
+OptimConfig AdamW(float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad) {
+    OptimConfig c = Adam(lr, beta1, beta2, eps, weight_decay, amsgrad);
+    c.kind = OptKind::AdamW;
+    return c;
+}
+
+const char* optimizer_name(OptKind k) {
+    switch (k) {
+        case OptKind::SGD: return "SGD";
+        case OptKind::Adagrad: return "Adagrad";
+        case OptKind::RMSprop: return "RMSprop";
+        case OptKind::Adam: return "Adam";
+        case OptKind::AdamW: return "AdamW";
+    }
+    return "unknown";
+}
+
+// "optimizer SGD: lr=-0.1 must be >= 0 and finite"
+static Status optim_field_error(const OptimConfig& c, const char* field, double value,
+                                const char* rule) {
+    return errorf("optimizer %s: %s=%g %s", optimizer_name(c.kind), field, value, rule);
+}
+
+// value >= 0 and finite (NaN fails too).
+static bool optim_nonneg(float v) { return v >= 0.0f && std::isfinite(v); }
+
+Status validate(const OptimConfig& c) {
+    switch (c.kind) {
+        case OptKind::SGD: case OptKind::Adagrad: case OptKind::RMSprop:
+        case OptKind::Adam: case OptKind::AdamW: break;
+        default: return errorf("optimizer: kind=%d is not an optimizer", (int)c.kind);
+    }
+    const char* nonneg = "must be >= 0 and finite";
+    struct Field { const char* name; float value; };
+    const Field fields[] = {
+        {"lr", c.lr},
+        {"momentum", c.momentum},
+        {"weight_decay", c.weight_decay},
+        {"alpha", c.alpha},
+        {"eps", c.eps},
+        {"lr_decay", c.lr_decay},
+        {"initial_accumulator_value", c.initial_accumulator_value},
+        {"decay", c.decay},
+        {"clip_norm", c.clip_norm},
+        {"eta_min", c.eta_min},
+    };
+    for (const Field& f : fields)
+        if (!optim_nonneg(f.value)) return optim_field_error(c, f.name, f.value, nonneg);
+    if (!std::isfinite(c.dampening))
+        return optim_field_error(c, "dampening", c.dampening, "must be finite");
+    if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f))
+        return optim_field_error(c, "beta1", c.beta1, "must be in [0, 1)");
+    if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f))
+        return optim_field_error(c, "beta2", c.beta2, "must be in [0, 1)");
+    if (c.kind == OptKind::SGD && c.nesterov && (c.momentum <= 0.0f || c.dampening != 0.0f))
+        return errorf("optimizer SGD: nesterov=true needs momentum > 0 (got momentum=%g) and "
+                      "dampening=0 (got dampening=%g)",
+                      (double)c.momentum, (double)c.dampening);
+    switch (c.schedule) {
+        case Schedule::Constant: case Schedule::Step: case Schedule::Exponential:
+        case Schedule::Cosine: break;
+        default:
+            return errorf("optimizer %s: schedule=%d is not a schedule", optimizer_name(c.kind),
+                          (int)c.schedule);
+    }
+    if (c.step_size < 1)
+        return optim_field_error(c, "step_size", c.step_size, "must be >= 1 (epochs)");
+    if (c.t_max < 1) return optim_field_error(c, "t_max", c.t_max, "must be >= 1 (epochs)");
+    if (!(c.gamma > 0.0f && std::isfinite(c.gamma)))
+        return optim_field_error(c, "gamma", c.gamma, "must be > 0 and finite");
+    return Status{};
+}
+
+Status Optimizer::init(const OptimConfig& c, const Param* ps, int n, Arena& arena) {
+    Status st = validate(c);
+    if (!st) return st;
+    const char* name = optimizer_name(c.kind);
+    if (n < 0) return errorf("optimizer %s: n=%d parameters (must be >= 0)", name, n);
+    if (n > 0 && !ps) return errorf("optimizer %s: parameter list is null but n=%d", name, n);
+    for (int i = 0; i < n; ++i) {
+        const Param& p = ps[i];
+        if (p.size == 0 || arena.measuring) continue;  // a dry run has no buffers yet
+        if (!p.value)
+            return errorf("optimizer %s: parameter %d (\"%s\", %zu floats) has no value buffer",
+                          name, i, p.name ? p.name : "", p.size);
+        if (p.trainable && !p.grad)
+            return errorf("optimizer %s: parameter %d (\"%s\", %zu floats) has no gradient buffer",
+                          name, i, p.name ? p.name : "", p.size);
+    }
+
+    // Which state slots this configuration uses (see the table on top).
+    bool need[kStateSlots] = {false, false, false};
+    const char* slot_name[kStateSlots] = {"", "", ""};
+    switch (c.kind) {
+        case OptKind::SGD:
+            need[0] = c.momentum != 0.0f;
+            slot_name[0] = "momentum buffer";
+            break;
+        case OptKind::Adagrad:
+            need[0] = true;
+            slot_name[0] = "sum";
+            break;
+        case OptKind::RMSprop:
+            need[0] = true;
+            need[1] = c.centered;
+            need[2] = c.momentum > 0.0f;
+            slot_name[0] = "square average";
+            slot_name[1] = "gradient average";
+            slot_name[2] = "momentum buffer";
+            break;
+        case OptKind::Adam:
+        case OptKind::AdamW:
+            need[0] = need[1] = true;
+            need[2] = c.amsgrad;
+            slot_name[0] = "m";
+            slot_name[1] = "v";
+            slot_name[2] = "max v";
+            break;
+    }
+
+    // Carve. On failure the arena goes back to its mark and *this is untouched.
+    // While the arena is measuring, every alloc returns null: count, write nothing.
+    const size_t mark = arena.mark();
+    const size_t un = (size_t)n;
+    size_t bytes_params = 0, bytes_state = 0, bytes_steps = 0;
+    if (!size_mul(un, sizeof(Param), &bytes_params) ||
+        !size_mul(un, sizeof(float*) * kStateSlots, &bytes_state) ||
+        !size_mul(un, sizeof(int64_t), &bytes_steps))
+        return errorf("optimizer %s: %d parameters overflow size_t", name, n);
+    Status err;
+    Param* new_params = static_cast<Param*>(arena.alloc(bytes_params, &err, "optimizer parameter list"));
+    float** new_state = err.ok() ? static_cast<float**>(arena.alloc(bytes_state, &err, "optimizer state table")) : nullptr;
+    int64_t* new_steps = err.ok() ? static_cast<int64_t*>(arena.alloc(bytes_steps, &err, "optimizer step counts")) : nullptr;
+    const bool write = !arena.measuring;
+    if (write && err.ok())
+        for (size_t k = 0; k < un * kStateSlots; ++k) new_state[k] = nullptr;
+    for (int i = 0; i < n && err.ok(); ++i) {
+        for (int s = 0; s < kStateSlots && err.ok(); ++s) {
+            if (!need[s]) continue;
+            char what[96];
+            std::snprintf(what, sizeof what, "optimizer %s %s of parameter %d (\"%s\")", name,
+                          slot_name[s], i, ps[i].name ? ps[i].name : "");
+            float* buf = arena.alloc_floats(ps[i].size, &err, what);
+            if (!err.ok() || !write) continue;
+            const float fill = c.kind == OptKind::Adagrad ? c.initial_accumulator_value : 0.0f;
+            for (size_t j = 0; j < ps[i].size; ++j) buf[j] = fill;
+            new_state[(size_t)i * kStateSlots + (size_t)s] = buf;
+        }
+    }
+    if (!err.ok()) {
+        arena.reset(mark);
+        return err;
+    }
+    if (write) {
+        for (int i = 0; i < n; ++i) {
+            new_params[i] = ps[i];
+            new_steps[i] = 0;
+        }
+    }
+
+    cfg = c;
+    params = new_params;  // null after a dry run: step() and zero_grad() do nothing
+    state = new_state;
+    param_steps = new_steps;
+    n_params = n;
+    steps = 0;
+    epoch = 0;
+    last_grad_norm = 0;
+    return Status{};
+}
+
+float Optimizer::current_lr() const {
+    double lr = cfg.lr;
+    switch (cfg.schedule) {
+        case Schedule::Constant: break;
+        case Schedule::Step:  // StepLR: lr * gamma^(epoch // step_size)
+            lr *= std::pow((double)cfg.gamma, (double)(epoch / (cfg.step_size > 0 ? cfg.step_size : 1)));
+            break;
+        case Schedule::Exponential:  // ExponentialLR: lr * gamma^epoch
+            lr *= std::pow((double)cfg.gamma, (double)epoch);
+            break;
+        case Schedule::Cosine: {  // CosineAnnealingLR, closed form
+            const double pi = 3.14159265358979323846;
+            const double t_max = cfg.t_max > 0 ? cfg.t_max : 1;
+            lr = cfg.eta_min + (lr - cfg.eta_min) * (1.0 + std::cos(pi * epoch / t_max)) / 2.0;
+            break;
+        }
+    }
+    // Keras / nn_mini time decay, over the steps taken so far.
+    if (cfg.decay != 0.0f) lr /= 1.0 + (double)cfg.decay * (double)steps;
+    return (float)lr;
+}
+
+void Optimizer::step() {
+    if (!params || !state || !param_steps) return;  // not initialised, or a dry run
+    const float lr = current_lr();
+
+    // Clip the global L2 norm of the trainable gradients (clip_grad_norm_).
+    if (cfg.clip_norm > 0.0f) {
+        double ss = 0.0;
+        for (int i = 0; i < n_params; ++i) {
+            const Param& p = params[i];
+            if (p.trainable && p.grad) ss += sum_squares_f32(p.grad, p.size);
+        }
+        const float total = (float)std::sqrt(ss);
+        last_grad_norm = total;
+        if (std::isfinite(total)) {  // a NaN/Inf gradient is left for the caller to see
+            const float coef = cfg.clip_norm / (total + 1e-6f);
+            if (coef < 1.0f)
+                for (int i = 0; i < n_params; ++i) {
+                    Param& p = params[i];
+                    if (p.trainable && p.grad) scale_f32(p.grad, coef, p.size);
+                }
+        }
+    }
+
+    const OptimConfig& c = cfg;
+    for (int i = 0; i < n_params; ++i) {
+        Param& p = params[i];
+        if (!p.trainable || !p.value || !p.grad) continue;
+        const int64_t t = ++param_steps[i];
+        float** s = state + (size_t)i * kStateSlots;
+        // Slots follow the configuration init() saw; changing kind, momentum,
+        // centered or amsgrad afterwards needs a new init().
+        NN_ASSERT(s[0] || (c.kind == OptKind::SGD && c.momentum == 0.0f) || p.size == 0);
+        NN_ASSERT(s[1] || (c.kind != OptKind::Adam && c.kind != OptKind::AdamW) || p.size == 0);
+        switch (c.kind) {
+            case OptKind::SGD:
+                sgd_update_f32(p.value, s[0], p.grad, lr, c.momentum, c.dampening, c.weight_decay,
+                               c.nesterov, t == 1, p.size);
+                break;
+            case OptKind::Adagrad: {
+                const float clr = (float)((double)lr / (1.0 + (double)(t - 1) * (double)c.lr_decay));
+                adagrad_update_f32(p.value, s[0], p.grad, clr, c.eps, c.weight_decay, p.size);
+                break;
+            }
+            case OptKind::RMSprop:
+                rmsprop_update_f32(p.value, s[0], s[1], s[2], p.grad, lr, c.alpha, c.eps,
+                                   c.weight_decay, c.momentum, p.size);
+                break;
+            case OptKind::Adam:
+            case OptKind::AdamW: {
+                const double bc1 = 1.0 - std::pow((double)c.beta1, (double)t);
+                const double bc2 = 1.0 - std::pow((double)c.beta2, (double)t);
+                adam_update_f32(p.value, s[0], s[1], s[2], p.grad, lr, c.beta1, c.beta2, c.eps,
+                                c.weight_decay, c.kind == OptKind::AdamW, bc1, bc2, p.size);
+                break;
+            }
+        }
+    }
+    ++steps;
+}
+
+void Optimizer::zero_grad() {
+    if (!params) return;
+    for (int i = 0; i < n_params; ++i)
+        if (params[i].grad && params[i].size) std::memset(params[i].grad, 0, params[i].size * sizeof(float));
+}
+// ===========================================================================
+// Data: IDX and CSV readers, synthetic sets, normalisation, split, gather,
+// batch iteration.
+//
+// Readers build into a local and move it into the caller's object only on
+// success, so a failed load leaves the output as it was. Every error names
+// the file and the numbers involved. Setup-time code may allocate; gather()
+// and BatchIterator::start_epoch/next (the per-step path) do not.
+// ===========================================================================
+
+// --- Dataset ---------------------------------------------------------------
+
+int Dataset::target_width() const { return num_classes > 0 ? num_classes : target_size; }
+
+// --- IDX ---------------------------------------------------------------------
+//
+// Layout (big-endian): 0x00 0x00 <type> <ndim>, then ndim uint32 dimensions,
+// then the items, row-major. The data section is kept as stored.
+
+size_t IdxArray::count() const {
+    // 0 when there are no dimensions or their product overflows size_t
+    // (read_idx never produces either).
+    if (ndim <= 0 || ndim > 8) return 0;
+    size_t n = 1;
+    for (int i = 0; i < ndim; ++i)
+        if (!size_mul(n, dims[i], &n)) return 0;
+    return n;
+}
+
+// Bytes per item of an IDX type code; 0 for codes the format does not define.
+static size_t idx_item_size(int type) {
+    switch (type) {
+        case 0x08: return 1;  // unsigned byte
+        case 0x09: return 1;  // signed byte
+        case 0x0B: return 2;  // short
+        case 0x0C: return 4;  // int
+        case 0x0D: return 4;  // float
+        case 0x0E: return 8;  // double
+        default: return 0;
+    }
+}
+
+static bool data_ends_with(const char* s, const char* suffix) {
+    size_t n = std::strlen(s), m = std::strlen(suffix);
+    return n >= m && std::memcmp(s + n - m, suffix, m) == 0;
+}
+
+// A file read front to back, either plain (stdio) or through zlib.
+// Closes itself; `error` holds the first read error.
+struct DataFileSource {
+    FILE* f = nullptr;
+#if defined(NN_HAVE_ZLIB) && NN_HAVE_ZLIB
+    gzFile g = nullptr;
+#endif
+    char error[128] = {0};
+
+    DataFileSource() = default;
+    DataFileSource(const DataFileSource&) = delete;
+    DataFileSource& operator=(const DataFileSource&) = delete;
+    ~DataFileSource() { close(); }
+
+    void close() {
+        if (f) std::fclose(f);
+        f = nullptr;
+#if defined(NN_HAVE_ZLIB) && NN_HAVE_ZLIB
+        if (g) gzclose(g);
+        g = nullptr;
+#endif
+    }
+
+    // Reads up to n bytes; fewer means end of file or an error (see `error`).
+    size_t read(void* buf, size_t n) {
+        unsigned char* p = static_cast<unsigned char*>(buf);
+        size_t got = 0;
+        if (f) {
+            got = std::fread(p, 1, n, f);
+            if (got < n && std::ferror(f) && !error[0])
+                std::snprintf(error, sizeof error, "read error: %s", std::strerror(errno));
+            return got;
+        }
+#if defined(NN_HAVE_ZLIB) && NN_HAVE_ZLIB
+        while (g && got < n) {
+            size_t want = n - got;
+            if (want > (1u << 30)) want = 1u << 30;  // gzread takes an unsigned
+            int r = gzread(g, p + got, (unsigned)want);
+            if (r < 0) {
+                int code = 0;
+                const char* m = gzerror(g, &code);
+                if (!error[0])
+                    std::snprintf(error, sizeof error, "gzip error: %s",
+                                  code == Z_ERRNO ? std::strerror(errno) : (m ? m : "unknown"));
+                break;
+            }
+            if (r == 0) break;
+            got += (size_t)r;
+        }
+#endif
+        return got;
+    }
+};
+
+static uint32_t idx_be32(const unsigned char* b) {
+    return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | (uint32_t)b[3];
+}
+
+Status read_idx(const char* path, IdxArray* out) {
+    if (!path) return errorf("read_idx: null path");
+    if (!out) return errorf("%s: read_idx was given a null output", path);
+
+    DataFileSource src;
+    src.f = std::fopen(path, "rb");
+    if (!src.f) return errorf("%s: cannot open: %s", path, std::strerror(errno));
+
+    // Plain or gzipped? The name says .gz, or the first bytes are 1f 8b.
+    unsigned char head[4] = {0, 0, 0, 0};
+    size_t head_got = src.read(head, 4);
+    if (src.error[0]) return errorf("%s: %s", path, src.error);
+    bool gz = data_ends_with(path, ".gz") || (head_got >= 2 && head[0] == 0x1f && head[1] == 0x8b);
+    long file_size = -1;  // plain files: known up front, checked before reading
+    if (gz) {
+#if defined(NN_HAVE_ZLIB) && NN_HAVE_ZLIB
+        src.close();
+        src.g = gzopen(path, "rb");
+        if (!src.g) return errorf("%s: cannot open through zlib: %s", path, std::strerror(errno));
+        gzbuffer(src.g, 1u << 17);
+        head_got = src.read(head, 4);
+        if (src.error[0]) return errorf("%s: %s", path, src.error);
+#else
+        return errorf("%s: file is gzipped but nn was built without zlib "
+                      "(install zlib1g-dev and rebuild, or gunzip the file)",
+                      path);
+#endif
+    } else if (std::fseek(src.f, 0, SEEK_END) == 0) {
+        file_size = std::ftell(src.f);  // -1 (unknown) for > 2 GB on 32-bit
+        if (std::fseek(src.f, 4, SEEK_SET) != 0) file_size = -1;
+        if (file_size < 0) {
+            // Could not seek back: start over from the beginning.
+            std::clearerr(src.f);
+            std::rewind(src.f);
+            unsigned char skip[4];
+            if (src.read(skip, 4) != head_got) return errorf("%s: cannot re-read the header", path);
+        }
+    }
+
+    if (head_got < 4)
+        return errorf("%s: truncated header: file has %zu bytes, an IDX header needs at least 4",
+                      path, head_got);
+    if (head[0] != 0 || head[1] != 0)
+        return errorf("%s: not an IDX file: magic starts with bytes 0x%02X 0x%02X, expected 0x00 0x00",
+                      path, head[0], head[1]);
+    IdxArray a;
+    a.type = head[2];
+    a.ndim = head[3];
+    size_t item = idx_item_size(a.type);
+    if (item == 0)
+        return errorf("%s: unknown IDX data type 0x%02X (known: 0x08 ubyte, 0x09 sbyte, "
+                      "0x0B short, 0x0C int, 0x0D float, 0x0E double)",
+                      path, (unsigned)a.type);
+    if (a.ndim < 1 || a.ndim > 8)
+        return errorf("%s: IDX header has %d dimensions, expected 1 to 8", path, a.ndim);
+
+    unsigned char dimbuf[32];
+    size_t dim_bytes = 4 * (size_t)a.ndim;
+    size_t dims_got = src.read(dimbuf, dim_bytes);
+    if (src.error[0]) return errorf("%s: %s", path, src.error);
+    if (dims_got < dim_bytes)
+        return errorf("%s: truncated header: %d dimensions need %zu bytes, file has %zu",
+                      path, a.ndim, 4 + dim_bytes, 4 + dims_got);
+    size_t count = 1;
+    bool overflow = false;
+    for (int i = 0; i < a.ndim; ++i) {
+        a.dims[i] = idx_be32(dimbuf + 4 * i);
+        if (!size_mul(count, a.dims[i], &count)) overflow = true;
+    }
+    size_t data_bytes = 0;
+    if (!overflow && !size_mul(count, item, &data_bytes)) overflow = true;
+    if (overflow) {
+        char dims[8 * 12] = {0};
+        size_t at = 0;
+        for (int i = 0; i < a.ndim && at < sizeof dims; ++i)
+            at += (size_t)std::snprintf(dims + at, sizeof dims - at, i ? " x %u" : "%u",
+                                        (unsigned)a.dims[i]);
+        return errorf("%s: IDX dimensions %s (x %zu bytes per item) overflow size_t", path, dims,
+                      item);
+    }
+
+    size_t header_bytes = 4 + dim_bytes;
+    if (file_size >= 0) {
+        size_t have = (size_t)file_size > header_bytes ? (size_t)file_size - header_bytes : 0;
+        if (have < data_bytes)
+            return errorf("%s: truncated: header promises %zu bytes of data, file has %zu "
+                          "(after the %zu-byte header)",
+                          path, data_bytes, have, header_bytes);
+        if (have > data_bytes)
+            return errorf("%s: %zu trailing bytes: header promises %zu bytes of data, file has %zu "
+                          "(after the %zu-byte header)",
+                          path, have - data_bytes, data_bytes, have, header_bytes);
+    }
+
+    // Read the data, growing the buffer with what actually arrives, so a
+    // header that lies about a huge size cannot make us allocate it.
+    size_t have = 0;
+    while (have < data_bytes) {
+        size_t want = data_bytes - have;
+        size_t step = have < ((size_t)1 << 20) ? ((size_t)1 << 20) : have;
+        if (want > step) want = step;
+        a.bytes.resize(have + want);
+        size_t got = src.read(a.bytes.data() + have, want);
+        have += got;
+        if (got < want) break;
+    }
+    if (src.error[0]) return errorf("%s: %s", path, src.error);
+    if (have < data_bytes)
+        return errorf("%s: truncated: header promises %zu bytes of data, file has %zu "
+                      "(after the %zu-byte header)",
+                      path, data_bytes, have, header_bytes);
+    unsigned char extra;
+    if (src.read(&extra, 1) == 1)
+        return errorf("%s: trailing bytes after the %zu bytes of data the header promises", path,
+                      data_bytes);
+    if (src.error[0]) return errorf("%s: %s", path, src.error);
+
+    *out = std::move(a);
+    return Status{};
+}
+
+Status load_idx(const char* images_path, const char* labels_path, Dataset* out) {
+    if (!images_path || !labels_path) return errorf("load_idx: null path");
+    if (!out) return errorf("%s: load_idx was given a null output", images_path);
+    IdxArray im, lb;
+    Status st = read_idx(images_path, &im);
+    if (!st) return st;
+    st = read_idx(labels_path, &lb);
+    if (!st) return st;
+
+    if (im.type != 0x08)
+        return errorf("%s: IDX type 0x%02X, but images must be 0x08 (unsigned bytes)", images_path,
+                      (unsigned)im.type);
+    if (im.ndim != 3)
+        return errorf("%s: images have %d dimensions, expected 3 (count, height, width)",
+                      images_path, im.ndim);
+    if (lb.type != 0x08)
+        return errorf("%s: IDX type 0x%02X, but labels must be 0x08 (unsigned bytes)", labels_path,
+                      (unsigned)lb.type);
+    if (lb.ndim != 1)
+        return errorf("%s: labels have %d dimensions, expected 1", labels_path, lb.ndim);
+    if (im.dims[0] != lb.dims[0])
+        return errorf("count mismatch: %s has %u images but %s has %u labels", images_path,
+                      (unsigned)im.dims[0], labels_path, (unsigned)lb.dims[0]);
+    if (im.dims[0] == 0) return errorf("%s: holds 0 images", images_path);
+    if (im.dims[1] == 0 || im.dims[2] == 0 || im.dims[1] > (uint32_t)INT_MAX ||
+        im.dims[2] > (uint32_t)INT_MAX)
+        return errorf("%s: image size %u x %u is not usable", images_path, (unsigned)im.dims[1],
+                      (unsigned)im.dims[2]);
+
+    Dataset d;
+    d.n = im.dims[0];
+    d.sample = make_shape({1, (int)im.dims[1], (int)im.dims[2]});
+    d.u8 = std::move(im.bytes);
+    d.labels.resize(d.n);
+    int max_label = 0;
+    for (size_t i = 0; i < d.n; ++i) {
+        d.labels[i] = lb.bytes[i];
+        if (lb.bytes[i] > max_label) max_label = lb.bytes[i];
+    }
+    d.num_classes = max_label + 1;
+    *out = std::move(d);
+    return Status{};
+}
+
+// dir/base, or dir/base.gz when only that exists; false when neither does.
+static bool data_find_file(char* path, size_t cap, const char* dir, const char* base) {
+    static const char* const suffixes[2] = {"", ".gz"};
+    for (const char* suffix : suffixes) {
+        int n = std::snprintf(path, cap, "%s/%s%s", dir, base, suffix);
+        if (n < 0 || (size_t)n >= cap) return false;
+        FILE* f = std::fopen(path, "rb");
+        if (f) {
+            std::fclose(f);
+            return true;
+        }
+    }
+    return false;
+}
+
+static Status load_fashion_part(const char* dir, const char* prefix, Dataset* out) {
+    char images_base[64], labels_base[64];
+    std::snprintf(images_base, sizeof images_base, "%s-images-idx3-ubyte", prefix);
+    std::snprintf(labels_base, sizeof labels_base, "%s-labels-idx1-ubyte", prefix);
+    char images[4096], labels[4096];
+    if (!data_find_file(images, sizeof images, dir, images_base))
+        return errorf("%s: no %s or %s.gz here (is Fashion-MNIST installed in this directory?)", dir,
+                      images_base, images_base);
+    if (!data_find_file(labels, sizeof labels, dir, labels_base))
+        return errorf("%s: no %s or %s.gz here (is Fashion-MNIST installed in this directory?)", dir,
+                      labels_base, labels_base);
+    Dataset d;
+    Status st = load_idx(images, labels, &d);
+    if (!st) return st;
+    if (d.num_classes > 10)
+        return errorf("%s: label %d is outside Fashion-MNIST's 0..9", labels, d.num_classes - 1);
+    d.num_classes = 10;
+    *out = std::move(d);
+    return Status{};
+}
+
+Status load_fashion_mnist(const char* dir, Dataset* train, Dataset* test) {
+    if (!dir) return errorf("load_fashion_mnist: null directory");
+    Dataset tr, te;
+    Status st;
+    if (train && !(st = load_fashion_part(dir, "train", &tr))) return st;
+    if (test && !(st = load_fashion_part(dir, "t10k", &te))) return st;
+    if (train) *train = std::move(tr);
+    if (test) *test = std::move(te);
+    return Status{};
+}
+
+// --- CSV -------------------------------------------------------------------
+
+static bool csv_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+
+// Trims blanks and one pair of surrounding double quotes from [*b, *e).
+static void csv_trim(const char** b, const char** e) {
+    while (*b < *e && csv_space(**b)) ++*b;
+    while (*e > *b && csv_space((*e)[-1])) --*e;
+    if (*e - *b >= 2 && **b == '"' && (*e)[-1] == '"') {
+        ++*b;
+        --*e;
+        while (*b < *e && csv_space(**b)) ++*b;
+        while (*e > *b && csv_space((*e)[-1])) --*e;
+    }
+}
+
+// End of the cell starting at p (the delimiter, or e). A cell opening with a
+// double quote runs to its closing quote ("" inside is an escaped quote).
+static const char* csv_cell_end(const char* p, const char* e, char delim) {
+    const char* q = p;
+    while (q < e && (*q == ' ' || *q == '\t')) ++q;
+    if (q < e && *q == '"') {
+        for (++q; q < e; ++q) {
+            if (*q == '"') {
+                if (q + 1 < e && q[1] == '"') {
+                    ++q;
+                    continue;
+                }
+                ++q;
+                break;
+            }
+        }
+        p = q;
+    }
+    while (p < e && *p != delim) ++p;
+    return p;
+}
+
+static size_t csv_count_cells(const char* b, const char* e, char delim) {
+    size_t n = 1;
+    for (const char* p = csv_cell_end(b, e, delim); p < e; p = csv_cell_end(p + 1, e, delim)) ++n;
+    return n;
+}
+
+// A decimal number: [+-]digits[.digits][(e|E)[+-]digits], or with the digits
+// only after the point. The whole range must be the number (no trailing
+// garbage). Locale-independent, unlike strtod. No hex, inf or nan.
+static bool csv_parse_number(const char* p, const char* e, double* out) {
+    bool neg = false;
+    if (p < e && (*p == '+' || *p == '-')) neg = *p++ == '-';
+    uint64_t mant = 0;
+    int sig = 0;       // significant digits kept in mant (at most 19)
+    long exp10 = 0;    // value = mant * 10^exp10
+    bool any = false;  // saw at least one mantissa digit
+    for (; p < e && *p >= '0' && *p <= '9'; ++p) {
+        any = true;
+        int d = *p - '0';
+        if (mant == 0 && d == 0) continue;  // leading zero
+        if (sig < 19) {
+            mant = mant * 10 + (uint64_t)d;
+            ++sig;
+        } else {
+            ++exp10;  // digit beyond what we keep: only its magnitude counts
+        }
+    }
+    if (p < e && *p == '.') {
+        for (++p; p < e && *p >= '0' && *p <= '9'; ++p) {
+            any = true;
+            int d = *p - '0';
+            if (mant == 0 && d == 0) {
+                --exp10;
+            } else if (sig < 19) {
+                mant = mant * 10 + (uint64_t)d;
+                ++sig;
+                --exp10;
+            }
+        }
+    }
+    if (!any) return false;
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        ++p;
+        bool eneg = false;
+        if (p < e && (*p == '+' || *p == '-')) eneg = *p++ == '-';
+        if (p >= e || *p < '0' || *p > '9') return false;
+        long ex = 0;
+        for (; p < e && *p >= '0' && *p <= '9'; ++p)
+            if (ex < 100000) ex = ex * 10 + (*p - '0');
+        exp10 += eneg ? -ex : ex;
+    }
+    if (p != e) return false;
+    static const double pow10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    double v;
+    if (mant == 0) {
+        v = 0.0;
+    } else if (mant <= ((uint64_t)1 << 53) && exp10 >= -22 && exp10 <= 22) {
+        // Both exact in double: one correctly rounded operation.
+        v = exp10 >= 0 ? (double)mant * pow10[exp10] : (double)mant / pow10[-exp10];
+    } else if (exp10 < -400) {
+        v = 0.0;
+    } else if (exp10 > 400) {
+        v = HUGE_VAL;
+    } else {
+        v = (double)mant * std::pow(10.0, (double)exp10);
+    }
+    *out = neg ? -v : v;
+    return true;
+}
+
+// Reads the whole file; false with errno set when it cannot.
+static bool data_read_all(const char* path, std::vector<char>* buf) {
+    FILE* f = std::fopen(path, "rb");
+    if (!f) return false;
+    size_t have = 0;
+    for (;;) {
+        size_t want = have < 65536 ? 65536 : have;
+        buf->resize(have + want);
+        size_t got = std::fread(buf->data() + have, 1, want, f);
+        have += got;
+        if (got < want) break;
+    }
+    bool ok = !std::ferror(f);
+    int err = errno;
+    std::fclose(f);
+    buf->resize(have);
+    errno = err;
+    return ok;
+}
+
+Status load_csv(const char* path, const CsvOptions& opt, Dataset* out) {
+    if (!path) return errorf("load_csv: null path");
+    if (!out) return errorf("%s: load_csv was given a null output", path);
+    const char delim = opt.delimiter;
+    if (delim == '"' || delim == '\n' || delim == '\r' || delim == 0)
+        return errorf("%s: delimiter 0x%02X cannot separate cells", path, (unsigned)(uint8_t)delim);
+    if (opt.label_column < -1)
+        return errorf("%s: label_column %d (use -1 for the last column)", path, opt.label_column);
+
+    std::vector<char> text;
+    if (!data_read_all(path, &text)) return errorf("%s: cannot read: %s", path, std::strerror(errno));
+    const char* p = text.data();
+    const char* end = p + text.size();
+    if (end - p >= 3 && (uint8_t)p[0] == 0xEF && (uint8_t)p[1] == 0xBB && (uint8_t)p[2] == 0xBF)
+        p += 3;  // UTF-8 byte order mark
+
+    size_t ncols = 0;     // cells per row: from the header or the first row
+    size_t label_col = 0;
+    bool header_pending = opt.header;
+    std::vector<float> feats, targets;
+    std::vector<int32_t> labels;
+    int32_t max_label = -1;
+    size_t rows = 0;
+
+    for (size_t line_no = 1; p < end; ++line_no) {
+        const char* eol = static_cast<const char*>(std::memchr(p, '\n', (size_t)(end - p)));
+        const char* le = eol ? eol : end;
+        const char* lb = p;
+        p = eol ? eol + 1 : end;
+        while (le > lb && le[-1] == '\r') --le;  // \r\n line endings
+        bool blank = true;
+        for (const char* q = lb; q < le; ++q)
+            if (!csv_space(*q)) {
+                blank = false;
+                break;
+            }
+        if (blank) continue;
+
+        size_t cells = csv_count_cells(lb, le, delim);
+        if (ncols == 0) {
+            ncols = cells;
+            if (ncols < 2)
+                return errorf("%s line %zu: %zu cell, need at least 2 (features and a label)", path,
+                              line_no, ncols);
+            if (opt.label_column >= 0 && (size_t)opt.label_column >= ncols)
+                return errorf("%s: label_column %d, but rows have %zu columns (0..%zu)", path,
+                              opt.label_column, ncols, ncols - 1);
+            if (ncols - 1 > (size_t)INT_MAX)
+                return errorf("%s line %zu: %zu columns is too many", path, line_no, ncols);
+            label_col = opt.label_column < 0 ? ncols - 1 : (size_t)opt.label_column;
+        } else if (cells != ncols) {
+            return errorf("%s line %zu: %zu cells, expected %zu", path, line_no, cells, ncols);
+        }
+        if (header_pending) {
+            header_pending = false;
+            continue;
+        }
+
+        const char* c = lb;
+        for (size_t col = 0; col < ncols; ++col) {
+            const char* ce = csv_cell_end(c, le, delim);
+            const char* b = c;
+            const char* e = ce;
+            c = ce < le ? ce + 1 : le;
+            csv_trim(&b, &e);
+            int shown = e - b > 40 ? 40 : (int)(e - b);
+            double v;
+            if (b == e)
+                return errorf("%s line %zu, column %zu: empty cell", path, line_no, col + 1);
+            if (!csv_parse_number(b, e, &v))
+                return errorf("%s line %zu, column %zu: '%.*s%s' is not a number", path, line_no,
+                              col + 1, shown, b, e - b > 40 ? "..." : "");
+            float fv = (float)v;
+            if (!std::isfinite(fv))
+                return errorf("%s line %zu, column %zu: '%.*s' is out of range for float", path,
+                              line_no, col + 1, shown, b);
+            if (col != label_col) {
+                feats.push_back(fv);
+            } else if (opt.classification) {
+                if (!(v >= 0 && v <= (double)(INT_MAX - 1) && v == std::floor(v)))
+                    return errorf("%s line %zu, column %zu: label '%.*s' is not a non-negative "
+                                  "integer",
+                                  path, line_no, col + 1, shown, b);
+                int32_t l = (int32_t)v;
+                labels.push_back(l);
+                if (l > max_label) max_label = l;
+            } else {
+                targets.push_back(fv);
+            }
+        }
+        ++rows;
+    }
+
+    if (ncols == 0) return errorf("%s: empty file (no rows)", path);
+    if (rows == 0) return errorf("%s: no data rows after the header", path);
+
+    Dataset d;
+    d.n = rows;
+    d.sample = make_shape({(int)(ncols - 1)});
+    d.f32 = std::move(feats);
+    if (opt.classification) {
+        d.labels = std::move(labels);
+        d.num_classes = max_label + 1;
+    } else {
+        d.targets = std::move(targets);
+        d.target_size = 1;
+    }
+    *out = std::move(d);
+    return Status{};
+}
+
+// --- Synthetic sets ----------------------------------------------------------
+
+// Shuffles samples of a 2-feature f32 set with labels (Fisher-Yates).
+static void data_shuffle_2d(Dataset& d, Rng& rng) {
+    for (size_t i = d.n; i > 1; --i) {
+        size_t j = rng.below((uint32_t)i);
+        size_t k = i - 1;
+        float x0 = d.f32[2 * k], x1 = d.f32[2 * k + 1];
+        d.f32[2 * k] = d.f32[2 * j];
+        d.f32[2 * k + 1] = d.f32[2 * j + 1];
+        d.f32[2 * j] = x0;
+        d.f32[2 * j + 1] = x1;
+        int32_t l = d.labels[k];
+        d.labels[k] = d.labels[j];
+        d.labels[j] = l;
+    }
+}
+
+// CS231n's spirals: class j has radius r = linspace(0, 1) and angle
+// t = linspace(4j, 4(j+1)) + noise * N(0, 1); the point is (r sin t, r cos t).
+void make_spirals(Dataset* out, int points_per_class, int classes, float noise, uint64_t seed) {
+    NN_ASSERT(out && points_per_class > 0 && classes > 0);
+    NN_ASSERT((uint64_t)points_per_class * (uint64_t)classes <= 0xFFFFFFFFull);
+    Rng rng(seed);
+    Dataset d;
+    d.n = (size_t)points_per_class * (size_t)classes;
+    d.sample = make_shape({2});
+    d.num_classes = classes;
+    d.f32.resize(2 * d.n);
+    d.labels.resize(d.n);
+    const float denom = points_per_class > 1 ? (float)(points_per_class - 1) : 1.0f;
+    size_t at = 0;
+    for (int j = 0; j < classes; ++j) {
+        for (int i = 0; i < points_per_class; ++i, ++at) {
+            float r = (float)i / denom;
+            float t = 4.0f * (float)j + 4.0f * (float)i / denom + noise * rng.normal();
+            d.f32[2 * at] = r * std::sin(t);
+            d.f32[2 * at + 1] = r * std::cos(t);
+            d.labels[at] = j;
+        }
+    }
+    data_shuffle_2d(d, rng);
+    *out = std::move(d);
+}
+
+// sklearn's make_circles: n/2 points on the unit circle (label 0) and the rest
+// on a circle of radius `factor` (label 1), evenly spaced in angle, plus
+// noise * N(0, 1) on each coordinate.
+void make_circles(Dataset* out, int n, float noise, float factor, uint64_t seed) {
+    NN_ASSERT(out && n > 0);
+    Rng rng(seed);
+    Dataset d;
+    d.n = (size_t)n;
+    d.sample = make_shape({2});
+    d.num_classes = 2;
+    d.f32.resize(2 * d.n);
+    d.labels.resize(d.n);
+    const int n_out = n / 2, n_in = n - n / 2;
+    const double two_pi = 6.283185307179586;
+    for (int i = 0; i < n; ++i) {
+        bool inner = i >= n_out;
+        int k = inner ? i - n_out : i;
+        int m = inner ? n_in : n_out;
+        float radius = inner ? factor : 1.0f;
+        float a = (float)(two_pi * k / m);
+        d.f32[2 * (size_t)i] = radius * std::cos(a) + noise * rng.normal();
+        d.f32[2 * (size_t)i + 1] = radius * std::sin(a) + noise * rng.normal();
+        d.labels[(size_t)i] = inner ? 1 : 0;
+    }
+    data_shuffle_2d(d, rng);
+    *out = std::move(d);
+}
+
+// --- Normalisation, split ---------------------------------------------------
+
+// Features hold n * sample_size items in exactly one of u8 / f32 (or none
+// when n is 0), and the targets match n.
+static bool data_consistent(const Dataset& d) {
+    size_t items;
+    if (!size_mul(d.n, d.sample_size(), &items)) return false;
+    bool u8 = !d.u8.empty(), f32 = !d.f32.empty();
+    if (u8 && f32) return false;
+    if (items != (u8 ? d.u8.size() : d.f32.size())) return false;
+    if (!d.labels.empty() && d.labels.size() != d.n) return false;
+    if (!d.targets.empty()) {
+        size_t t;
+        if (d.target_size <= 0 || !size_mul(d.n, (size_t)d.target_size, &t) || t != d.targets.size())
+            return false;
+    }
+    return true;
+}
+
+void fit_normalization(Dataset& to, const Dataset& from) {
+    NN_ASSERT(data_consistent(from));
+    const size_t F = from.sample_size(), n = from.n;
+    const double scale = from.scale;
+    std::vector<double> sum(F, 0.0), sq(F, 0.0);
+    // Two passes (mean, then squared deviations) in double: no cancellation.
+    for (size_t i = 0; i < n; ++i) {
+        if (!from.u8.empty()) {
+            const uint8_t* s = from.u8.data() + i * F;
+            for (size_t f = 0; f < F; ++f) sum[f] += s[f];
+        } else {
+            const float* s = from.f32.data() + i * F;
+            for (size_t f = 0; f < F; ++f) sum[f] += s[f];
+        }
+    }
+    std::vector<double> mean_raw(F, 0.0);
+    for (size_t f = 0; f < F; ++f) mean_raw[f] = n ? sum[f] / (double)n : 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        if (!from.u8.empty()) {
+            const uint8_t* s = from.u8.data() + i * F;
+            for (size_t f = 0; f < F; ++f) {
+                double dv = s[f] - mean_raw[f];
+                sq[f] += dv * dv;
+            }
+        } else {
+            const float* s = from.f32.data() + i * F;
+            for (size_t f = 0; f < F; ++f) {
+                double dv = s[f] - mean_raw[f];
+                sq[f] += dv * dv;
+            }
+        }
+    }
+    std::vector<float> mean(F), inv_std(F);
+    for (size_t f = 0; f < F; ++f) {
+        double sd = n ? std::sqrt(sq[f] / (double)n) * std::fabs(scale) : 0.0;
+        mean[f] = (float)(mean_raw[f] * scale);
+        inv_std[f] = sd < 1e-8 ? 1.0f : (float)(1.0 / sd);
+    }
+    to.mean = std::move(mean);
+    to.inv_std = std::move(inv_std);
+}
+
+Status split(Dataset& d, float fraction, Dataset* val) {
+    if (!val) return errorf("split: null validation output");
+    if (val == &d) return errorf("split: the validation set cannot be the data set itself");
+    if (!(fraction > 0.0f && fraction < 1.0f))
+        return errorf("split: fraction %g is outside (0, 1)", (double)fraction);
+    if (!data_consistent(d))
+        return errorf("split: data set of %zu samples has inconsistent features or targets", d.n);
+    size_t nv = (size_t)std::llround((double)d.n * (double)fraction);
+    if (nv == 0 || nv >= d.n)
+        return errorf("split: fraction %g of %zu samples leaves %zu for training and %zu for "
+                      "validation; both need at least one",
+                      (double)fraction, d.n, d.n - (nv < d.n ? nv : d.n), nv);
+    const size_t nt = d.n - nv, F = d.sample_size();
+
+    Dataset v;
+    v.sample = d.sample;
+    v.n = nv;
+    v.scale = d.scale;
+    v.mean = d.mean;
+    v.inv_std = d.inv_std;
+    v.num_classes = d.num_classes;
+    v.target_size = d.target_size;
+    v.one_hot = d.one_hot;
+    if (!d.u8.empty()) v.u8.assign(d.u8.begin() + (ptrdiff_t)(nt * F), d.u8.end());
+    if (!d.f32.empty()) v.f32.assign(d.f32.begin() + (ptrdiff_t)(nt * F), d.f32.end());
+    if (!d.labels.empty()) v.labels.assign(d.labels.begin() + (ptrdiff_t)nt, d.labels.end());
+    if (!d.targets.empty())
+        v.targets.assign(d.targets.begin() + (ptrdiff_t)(nt * (size_t)d.target_size),
+                         d.targets.end());
+
+    if (!d.u8.empty()) d.u8.resize(nt * F);
+    if (!d.f32.empty()) d.f32.resize(nt * F);
+    if (!d.labels.empty()) d.labels.resize(nt);
+    if (!d.targets.empty()) d.targets.resize(nt * (size_t)d.target_size);
+    d.n = nt;
+    *val = std::move(v);
+    return Status{};
+}
+
+// --- gather: the per-step conversion ----------------------------------------
+
+// One sample's features: dst[f] = (src[f] * scale - mean[f]) * inv_std[f]
+// (mean null: dst[f] = src[f] * scale). Features go in blocks of 16 with a
+// fixed-count inner loop, which GCC and clang vectorise even at -O2 (whose
+// cheap cost model skips loops of unknown length), then a scalar tail.
+template <typename T>
+static inline void gather_row(float* __restrict dst, const T* __restrict src, size_t F, float scale,
+                              const float* __restrict mean, const float* __restrict inv_std) {
+    size_t f = 0;
+    if (mean) {
+        for (; f + 16 <= F; f += 16)      // block of 16 features
+            for (size_t k = 0; k < 16; ++k)  // feature f + k
+                dst[f + k] = ((float)src[f + k] * scale - mean[f + k]) * inv_std[f + k];
+        for (; f < F; ++f) dst[f] = ((float)src[f] * scale - mean[f]) * inv_std[f];
+    } else {
+        for (; f + 16 <= F; f += 16)
+            for (size_t k = 0; k < 16; ++k) dst[f + k] = (float)src[f + k] * scale;
+        for (; f < F; ++f) dst[f] = (float)src[f] * scale;
+    }
+}
+
+// x is (count, F): x[i*F + f] = (raw * scale - mean[f]) * inv_std[f].
+// No allocation: this runs every training step.
+void gather(const Dataset& d, const uint32_t* idx, int count, float* x, int32_t* y_labels,
+            float* y_values) {
+    const size_t F = d.sample_size();
+    const bool norm = !d.mean.empty();
+    NN_ASSERT(!norm || (d.mean.size() == F && d.inv_std.size() == F));
+    const float* mean = norm ? d.mean.data() : nullptr;
+    const float* inv_std = norm ? d.inv_std.data() : nullptr;
+    const bool has_labels = d.num_classes > 0 && !d.labels.empty();
+    const size_t C = has_labels ? (size_t)d.num_classes : 0;
+    const size_t T = d.target_size > 0 ? (size_t)d.target_size : 0;
+
+    for (int i = 0; i < count; ++i) {  // sample i of the batch
+        const size_t s = idx[i];
+        NN_ASSERT(s < d.n);
+        if (x) {
+            if (!d.u8.empty())
+                gather_row(x + (size_t)i * F, d.u8.data() + s * F, F, d.scale, mean, inv_std);
+            else
+                gather_row(x + (size_t)i * F, d.f32.data() + s * F, F, d.scale, mean, inv_std);
+        }
+        if (has_labels) {
+            const int32_t label = d.labels[s];
+            if (y_labels) y_labels[i] = label;
+            if (d.one_hot && y_values) {
+                NN_ASSERT(label >= 0 && (size_t)label < C);
+                float* row = y_values + (size_t)i * C;
+                for (size_t c = 0; c < C; ++c) row[c] = 0.0f;
+                row[label] = 1.0f;
+            }
+        } else if (!d.targets.empty() && y_values) {
+            const float* src = d.targets.data() + s * T;
+            float* row = y_values + (size_t)i * T;
+            for (size_t t = 0; t < T; ++t) row[t] = src[t];
+        }
+    }
+}
+
+// --- BatchIterator -------------------------------------------------------------
+
+Status BatchIterator::init(size_t first, size_t count, int batch_size, bool shuffle_, uint64_t seed,
+                           bool drop_last_) {
+    if (batch_size <= 0 || count == 0)
+        return errorf("batches: batch size %d over %zu samples (need a batch of at least 1 and "
+                      "at least one sample)",
+                      batch_size, count);
+    size_t last;
+    if (!size_add(first, count, &last) || last > ((size_t)UINT32_MAX))
+        return errorf("batches: samples %zu..%zu do not fit 32-bit indices", first,
+                      first + (count - 1));
+    if (drop_last_ && count < (size_t)batch_size)
+        return errorf("batches: %zu samples make no full batch of %d (drop_last)", count,
+                      batch_size);
+    order.resize(count);
+    for (size_t i = 0; i < count; ++i) order[i] = (uint32_t)(first + i);
+    pos = 0;
+    batch = batch_size;
+    shuffle = shuffle_;
+    drop_last = drop_last_;
+    rng.seed_with(seed);
+    return Status{};
+}
+
+void BatchIterator::start_epoch() {
+    pos = 0;
+    if (!shuffle) return;
+    for (size_t i = order.size(); i > 1; --i) {  // Fisher-Yates, from the back
+        size_t j = rng.below((uint32_t)i);
+        uint32_t t = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = t;
+    }
+}
+
+int BatchIterator::next(const uint32_t** idx) {
+    size_t left = order.size() - (pos < order.size() ? pos : order.size());
+    if (left == 0 || batch <= 0) return 0;
+    size_t b = (size_t)batch;
+    if (left < b) {
+        if (drop_last) {
+            pos = order.size();
+            return 0;
+        }
+        b = left;
+    }
+    if (idx) *idx = order.data() + pos;
+    pos += b;
+    return (int)b;
+}
+
+size_t BatchIterator::batches_per_epoch() const {
+    if (batch <= 0) return 0;
+    size_t b = (size_t)batch;
+    return drop_last ? order.size() / b : (order.size() + b - 1) / b;
+}
+// ===========================================================================
+// Model: a sequential list of layers that sizes and carves its own arena.
+// ===========================================================================
+
+const char* metric_name(Metric m) {
+    switch (m) {
+        case Metric::None: return "none";
+        case Metric::Accuracy: return "accuracy";
+        case Metric::CategoricalAccuracy: return "categorical_accuracy";
+        case Metric::BinaryAccuracy: return "binary_accuracy";
+        case Metric::RegressionAccuracy: return "regression_accuracy";
+    }
+    return "?";
+}
+
+Model::Model(const char* template_name, std::initializer_list<int> sizes) {
+    if (std::strcmp(template_name, "basic") != 0) {
+        error = errorf("model: unknown template \"%s\" (known: \"basic\")", template_name);
+        return;
+    }
+    if (sizes.size() < 2) {
+        error = errorf("model \"basic\": needs at least 2 sizes (inputs, outputs), got %zu", sizes.size());
+        return;
+    }
+    const int* s = sizes.begin();
+    const int n = (int)sizes.size();
+    for (int i = 0; i + 1 < n; ++i) add(Dense(s[i], s[i + 1], i + 2 < n ? Act::ReLU : Act::Softmax));
+    options.loss = CategoricalCrossEntropy();
+    options.optimizer = Adam();
+    options.metric = Metric::Accuracy;
+}
+
+// "dense", "dense_1", ...: Keras's naming, unique within the model.
+static void auto_name(const std::vector<Layer>& layers, Layer& L) {
+    char base[20];
+    std::snprintf(base, sizeof base, "%s", L.type_name());
+    for (char* c = base; *c; ++c) *c = (char)std::tolower((unsigned char)*c);
+    int same = 0;
+    for (const Layer& o : layers)
+        if (std::strncmp(o.name, base, std::strlen(base)) == 0 &&
+            (o.name[std::strlen(base)] == 0 || o.name[std::strlen(base)] == '_'))
+            ++same;
+    if (same == 0)
+        std::snprintf(L.name, sizeof L.name, "%s", base);
+    else
+        std::snprintf(L.name, sizeof L.name, "%s_%d", base, same);
+}
+
+Status Model::add(Layer layer) {
+    if (!error) return error;
+    if (compiled) {
+        error = errorf("model: add(\"%s\") after compile(); add every layer first", layer.type_name());
+        return error;
+    }
+    if (!layer.name[0]) auto_name(layers, layer);
+    if (layers.empty() && input.ndim == 0) {
+        if (layer.kind == LayerKind::Dense && layer.in_features > 0) {
+            input = make_shape({layer.in_features});
+        } else {
+            error = errorf("model: the first layer \"%s\" (%s) needs an input shape: call set_input() "
+                           "or give Dense its in_features", layer.name, layer.type_name());
+            return error;
+        }
+    }
+    Shape in = layers.empty() ? input : layers.back().out_shape;
+    Shape out;
+    Status st = nn::output_shape(layer, in, &out);
+    if (!st) {
+        error = st;
+        return st;
+    }
+    layer.in_shape = in;
+    layer.out_shape = out;
+    layers.push_back(layer);
+    return Status{};
+}
+
+Layer* Model::find(const char* name) {
+    for (Layer& L : layers)
+        if (std::strcmp(L.name, name) == 0) return &L;
+    return nullptr;
+}
+
+Shape Model::output_shape() const { return layers.empty() ? input : layers.back().out_shape; }
+
+// Everything compile carves, built on the side so a failure changes nothing.
+struct ModelCarve {
+    std::vector<Layer> layers;
+    std::vector<Tensor> acts, dacts;
+    Tensor x_buf;
+    float* y_values = nullptr;
+    int32_t* y_labels = nullptr;
+    uint32_t* idx_buf = nullptr;
+    Optimizer opt;
+};
+
+static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, ModelCarve* c) {
+    Status st;
+    c->layers = m.layers;
+    const int n = (int)c->layers.size();
+    float* pack = a.alloc_floats(gemm_pack_floats(), &st, "gemm packing buffer");
+    Shape in = m.input;
+    for (int i = 0; i < n && st; ++i) {
+        Layer& L = c->layers[i];
+        L.pack = pack;
+        L.pack_shared = true;
+        st = build(L, in, o.max_batch, a, o.seed + 1000003ULL * (uint64_t)i);
+        in = L.out_shape;
+    }
+    if (!st) return st;
+    c->acts.resize(n);
+    c->dacts.resize(n);
+    st = tensor_alloc(a, batched(m.input, o.max_batch), &c->x_buf, "model input batch");
+    for (int i = 0; i < n && st; ++i) {
+        const Shape s = batched(c->layers[i].out_shape, o.max_batch);
+        st = tensor_alloc(a, s, &c->acts[i], c->layers[i].name);
+        if (st) st = tensor_alloc(a, s, &c->dacts[i], c->layers[i].name);
+    }
+    if (!st) return st;
+    const size_t width = c->layers.back().out_shape.numel();
+    c->y_values = a.alloc_floats((size_t)o.max_batch * width, &st, "model targets");
+    c->y_labels = static_cast<int32_t*>(a.alloc((size_t)o.max_batch * sizeof(int32_t), &st, "model labels"));
+    c->idx_buf = static_cast<uint32_t*>(a.alloc((size_t)o.max_batch * sizeof(uint32_t), &st, "model indices"));
+    if (!st) return st;
+    std::vector<Param> params;  // setup only: the optimizer copies it into the arena
+    for (Layer& L : c->layers) {
+        Param p[kMaxParams];
+        int k = layer_params(L, p, kMaxParams);
+        for (int j = 0; j < k; ++j) params.push_back(p[j]);
+    }
+    return c->opt.init(o.optimizer, params.data(), (int)params.size(), a);
+}
+
+static Status check_compile_options(const Model& m, const CompileOptions& o) {
+    if (!m.error) return m.error;
+    if (m.layers.empty()) return errorf("model: compile() with no layers");
+    if (o.max_batch < 1) return errorf("model: max_batch must be >= 1 (got %d)", o.max_batch);
+    Status st = validate(o.optimizer);
+    if (!st) return st;
+    // Re-derive every shape: layers may have been edited since add().
+    Shape in = m.input;
+    for (const Layer& L : m.layers) {
+        Shape out;
+        st = output_shape(L, in, &out);
+        if (!st) return st;
+        in = out;
+    }
+    const size_t width = in.numel();
+    const LossKind k = o.loss.kind;
+    if ((k == LossKind::CrossEntropy || k == LossKind::CategoricalCrossEntropy) && width < 2)
+        return errorf("model: loss %s needs at least 2 outputs, the last layer \"%s\" has %zu",
+                      loss_name(k), m.layers.back().name, width);
+    return Status{};
+}
+
+static Status measure_bytes(const Model& m, const CompileOptions& o, size_t* bytes) {
+    Status st = check_compile_options(m, o);
+    if (!st) return st;
+    Arena probe;
+    probe.begin_measure();
+    ModelCarve c;
+    st = carve_model(m, o, probe, &c);
+    if (!st) return st;
+    *bytes = probe.peak;
+    return Status{};
+}
+
+Status Model::measure(const CompileOptions& opt, size_t* bytes) { return measure_bytes(*this, opt, bytes); }
+
+Status Model::compile(const CompileOptions& opt) {
+    size_t need = 0;
+    Status st = measure_bytes(*this, opt, &need);
+    if (!st) return st;
+    if (opt.arena_buffer) {
+        uintptr_t p = reinterpret_cast<uintptr_t>(opt.arena_buffer);
+        size_t skip = (kArenaAlign - p % kArenaAlign) % kArenaAlign;
+        size_t usable = opt.arena_bytes > skip ? opt.arena_bytes - skip : 0;
+        if (usable < need)
+            return errorf("model: arena buffer too small for max_batch %d: requested %zu bytes, available %zu, "
+                          "missing %zu (buffer %zu bytes, %zu lost to 64-byte alignment)",
+                          opt.max_batch, need, usable, need - usable, opt.arena_bytes, skip);
+        st = arena.wrap(opt.arena_buffer, opt.arena_bytes);
+    } else {
+        st = arena.reserve(need);
+    }
+    if (!st) return st;
+    ModelCarve c;
+    st = carve_model(*this, opt, arena, &c);
+    NN_ASSERT(st.ok());  // the dry run carved the same sizes
+    layers = c.layers;
+    acts = c.acts;
+    dacts = c.dacts;
+    x_buf = c.x_buf;
+    y_values = c.y_values;
+    y_labels = c.y_labels;
+    idx_buf = c.idx_buf;
+    optimizer = c.opt;
+    options = opt;
+    arena_needed = need;
+    step_count = 0;
+    const Layer& last = layers.back();
+    fused_softmax_ce = opt.loss.kind == LossKind::CategoricalCrossEntropy && last.act == Act::Softmax &&
+                       (last.kind == LayerKind::Dense || last.kind == LayerKind::Activation);
+    compiled = true;
+    return Status{};
+}
+
+// --- Forward, loss, backward -------------------------------------------------
+
+static Tensor batch_rows(const Tensor& t, int B) { return t.rows(0, B); }
+
+static Status forward_all(Model& m, const Tensor& x, Mode mode) {
+    const int B = x.shape.dim[0];
+    Tensor cur = x;
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+        Tensor y = batch_rows(m.acts[i], B);
+        Status st = forward(m.layers[i], y, cur, mode);
+        if (!st) return st;
+        cur = y;
+    }
+    return Status{};
+}
+
+// Loss of the last forward pass; when `grad`, also dL/d(output) into dacts
+// (for the fused softmax cross-entropy: dL/d(logits), see backward_all).
+static Status loss_of_batch(Model& m, int B, const Target& t, bool grad, float* loss_out) {
+    const int n = (int)m.layers.size();
+    Layer& last = m.layers[n - 1];
+    Tensor out = batch_rows(m.acts[n - 1], B);
+    Status st;
+    if (m.fused_softmax_ce) {
+        Tensor z, dz;
+        if (last.kind == LayerKind::Dense) {
+            z = tensor_view(last.logits, out.shape);
+            dz = grad ? batch_rows(m.dacts[n - 1], B) : Tensor{};
+        } else {
+            z = batch_rows(m.acts[n - 2 >= 0 ? n - 2 : 0], B);
+            if (n < 2) z = out;  // a lone Softmax layer sees the model input
+            dz = grad && n >= 2 ? batch_rows(m.dacts[n - 2], B) : Tensor{};
+        }
+        st = softmax_cross_entropy(dz, nullptr, z, t, loss_out);
+    } else {
+        Tensor dp = grad ? batch_rows(m.dacts[n - 1], B) : Tensor{};
+        st = loss_forward_backward(m.options.loss, dp, out, t, loss_out);
+    }
+    if (!st) return st;
+    for (const Layer& L : m.layers) *loss_out += regularization_loss(L);
+    return Status{};
+}
+
+static Status backward_all(Model& m, const Tensor& x) {
+    const int B = x.shape.dim[0];
+    int i = (int)m.layers.size() - 1;
+    if (m.fused_softmax_ce && m.layers[i].kind == LayerKind::Activation) --i;  // dz already in dacts[i]
+    for (; i >= 0; --i) {
+        Layer& L = m.layers[i];
+        const Tensor xi = i > 0 ? batch_rows(m.acts[i - 1], B) : x;
+        Tensor dx = i > 0 ? batch_rows(m.dacts[i - 1], B) : Tensor{};
+        Tensor dy = batch_rows(m.dacts[i], B);
+        Status st;
+        if (m.fused_softmax_ce && i == (int)m.layers.size() - 1)
+            st = backward_preact(L, dx, dy, xi);
+        else
+            st = backward(L, dx, dy, xi, batch_rows(m.acts[i], B));
+        if (!st) return st;
+        regularization_backward(L);
+    }
+    return Status{};
+}
+
+Status Model::train_step(int B, const Target& t, float* loss_out) {
+    if (!compiled) return errorf("model: train_step() before compile()");
+    if (B < 1 || B > options.max_batch)
+        return errorf("model: batch of %d outside 1..max_batch (%d)", B, options.max_batch);
+    mode = Mode::Train;
+    optimizer.zero_grad();
+    Tensor x = batch_rows(x_buf, B);
+    Status st = forward_all(*this, x, Mode::Train);
+    float loss = 0.0f;
+    if (st) st = loss_of_batch(*this, B, t, true, &loss);
+    if (!st) return st;
+    *loss_out = loss;
+    if (!std::isfinite(loss)) return errorf("loss is %g", (double)loss);
+    st = backward_all(*this, x);
+    if (!st) return st;
+    optimizer.step();
+    ++step_count;
+    return Status{};
+}
+
+// --- Targets and metrics -----------------------------------------------------
+
+static Metric resolve_metric(const Model& m, const Dataset& d) {
+    Metric k = m.options.metric;
+    if (k != Metric::Accuracy) return k;
+    const size_t width = m.output_shape().numel();
+    const LossKind l = m.options.loss.kind;
+    if (l == LossKind::BinaryCrossEntropy || l == LossKind::BinaryCrossEntropyLogits) return Metric::BinaryAccuracy;
+    if (d.num_classes > 0) return width > 1 ? Metric::CategoricalAccuracy : Metric::BinaryAccuracy;
+    return Metric::RegressionAccuracy;
+}
+
+static Status check_dataset(const Model& m, const Dataset& d, const char* what) {
+    if (!m.compiled) return errorf("model: %s before compile()", what);
+    if (d.n == 0) return errorf("model: %s on an empty data set", what);
+    char a[64], b[64];
+    if (d.sample_size() != m.input.numel())
+        return errorf("model: %s: data samples %s have %zu values, the model input %s has %zu", what,
+                      shape_str(d.sample, a, sizeof a), d.sample_size(), shape_str(m.input, b, sizeof b),
+                      m.input.numel());
+    const size_t width = m.output_shape().numel();
+    if (d.num_classes == 0 && d.target_size == 0)
+        return errorf("model: %s: the data set has neither labels nor targets", what);
+    if (d.num_classes > 0 && width > 1 && (size_t)d.num_classes > width)
+        return errorf("model: %s: the data set has %d classes, the model outputs %zu", what, d.num_classes, width);
+    if (d.num_classes > 0 && width == 1 && d.num_classes > 2)
+        return errorf("model: %s: one output needs binary labels, the data set has %d classes", what,
+                      d.num_classes);
+    if (d.num_classes == 0 && (size_t)d.target_size != width)
+        return errorf("model: %s: targets have %d values per sample, the model outputs %zu", what,
+                      d.target_size, width);
+    return Status{};
+}
+
+// Gathers samples idx[0..B) into the model's buffers and says where the
+// targets are, converting labels to the form the loss takes.
+static Target load_batch(Model& m, const Dataset& d, const uint32_t* idx, int B) {
+    const size_t width = m.output_shape().numel();
+    Target t;
+    if (d.num_classes == 0) {
+        gather(d, idx, B, m.x_buf.data, nullptr, m.y_values);
+        t.values = m.y_values;
+        return t;
+    }
+    // Labelled data (one-hot or not): take the labels, and build one-hot rows
+    // at the model's output width where the loss needs values.
+    gather(d, idx, B, m.x_buf.data, m.y_labels, nullptr);
+    const LossKind l = m.options.loss.kind;
+    if (l == LossKind::CrossEntropy || l == LossKind::CategoricalCrossEntropy) {
+        t.labels = m.y_labels;
+        return t;
+    }
+    // A loss on values with labelled data: one-hot rows (or the 0/1 label).
+    for (int r = 0; r < B; ++r) {
+        float* row = m.y_values + (size_t)r * width;
+        if (width == 1) {
+            row[0] = (float)m.y_labels[r];
+        } else {
+            for (size_t j = 0; j < width; ++j) row[j] = 0.0f;
+            if (m.y_labels[r] >= 0 && (size_t)m.y_labels[r] < width) row[m.y_labels[r]] = 1.0f;
+        }
+    }
+    t.values = m.y_values;
+    return t;
+}
+
+static int argmax_row(const float* p, size_t n) {
+    size_t best = 0;
+    for (size_t j = 1; j < n; ++j)
+        if (p[j] > p[best]) best = j;
+    return (int)best;
+}
+
+// Number of samples in the batch the metric counts as right.
+static double metric_hits(const Model& m, Metric k, int B, const Target& t, float precision) {
+    const Tensor& out = m.acts.back();
+    const size_t w = out.row_size();
+    const float* p = out.data;
+    double hits = 0;
+    switch (k) {
+        case Metric::None:
+        case Metric::Accuracy: return 0;
+        case Metric::CategoricalAccuracy:
+            for (int r = 0; r < B; ++r) {
+                int truth = t.labels ? t.labels[r] : argmax_row(t.values + (size_t)r * w, w);
+                hits += argmax_row(p + (size_t)r * w, w) == truth;
+            }
+            return hits;
+        case Metric::BinaryAccuracy: {
+            float thr = m.options.binary_threshold;
+            if (m.options.loss.kind == LossKind::BinaryCrossEntropyLogits) thr = std::log(thr / (1.0f - thr));
+            for (int r = 0; r < B; ++r)
+                for (size_t j = 0; j < w; ++j) {
+                    float tv = t.values ? t.values[(size_t)r * w + j] : (float)t.labels[r];
+                    hits += (p[(size_t)r * w + j] > thr) == (tv > 0.5f);
+                }
+            return hits / (double)w;
+        }
+        case Metric::RegressionAccuracy:
+            for (int r = 0; r < B; ++r)
+                for (size_t j = 0; j < w; ++j)
+                    hits += std::fabs(p[(size_t)r * w + j] - t.values[(size_t)r * w + j]) < precision;
+            return hits / (double)w;
+    }
+    return 0;
+}
+
+// nn_mini's regression precision: std(targets) / 250.
+static float regression_precision(const Model& m, const Dataset& d) {
+    if (m.options.regression_precision > 0.0f) return m.options.regression_precision;
+    if (d.targets.empty()) return 0.0f;
+    double s = 0, s2 = 0;
+    for (float v : d.targets) {
+        s += v;
+        s2 += (double)v * v;
+    }
+    const double n = (double)d.targets.size();
+    const double var = s2 / n - (s / n) * (s / n);
+    return (float)(std::sqrt(var > 0 ? var : 0) / 250.0);
+}
+
+// Loss and metric over samples [first, first + count) in order, eval mode.
+static Status evaluate_range(Model& m, const Dataset& d, size_t first, size_t count, int batch,
+                             EvalResult* out) {
+    const Metric k = resolve_metric(m, d);
+    const float precision = regression_precision(m, d);
+    double loss_sum = 0, hits = 0;
+    for (size_t s = 0; s < count; s += (size_t)batch) {
+        const int B = (int)(count - s < (size_t)batch ? count - s : (size_t)batch);
+        for (int r = 0; r < B; ++r) m.idx_buf[r] = (uint32_t)(first + s + (size_t)r);
+        Target t = load_batch(m, d, m.idx_buf, B);
+        Tensor x = batch_rows(m.x_buf, B);
+        Status st = forward_all(m, x, Mode::Eval);
+        float loss = 0;
+        if (st) st = loss_of_batch(m, B, t, false, &loss);
+        if (!st) return st;
+        loss_sum += (double)loss * B;
+        hits += metric_hits(m, k, B, t, precision);
+    }
+    out->n = count;
+    out->loss = loss_sum / (double)count;
+    out->metric = hits / (double)count;
+    return Status{};
+}
+
+Status Model::evaluate(const Dataset& d, EvalResult* out, int batch_size) {
+    Status st = check_dataset(*this, d, "evaluate");
+    if (!st) return st;
+    if (batch_size < 0 || batch_size > options.max_batch)
+        return errorf("model: evaluate batch %d outside 1..max_batch (%d)", batch_size, options.max_batch);
+    mode = Mode::Eval;
+    return evaluate_range(*this, d, 0, d.n, batch_size ? batch_size : options.max_batch, out);
+}
+
+Status Model::predict(const Tensor& x, Tensor out) {
+    if (!compiled) return errorf("model: predict() before compile()");
+    const size_t in = input.numel(), width = output_shape().numel();
+    char a[64];
+    if (x.shape.ndim < 1 || x.shape.dim[0] < 1 || x.row_size() != in)
+        return errorf("model: predict input %s does not hold samples of %zu values", shape_str(x.shape, a, sizeof a), in);
+    const int N = x.shape.dim[0];
+    if (!out.data || out.numel() < (size_t)N * width)
+        return errorf("model: predict output holds %zu values, needs %d x %zu", out.numel(), N, width);
+    mode = Mode::Eval;
+    const int mb = options.max_batch;
+    for (int s = 0; s < N; s += mb) {
+        const int B = N - s < mb ? N - s : mb;
+        Tensor xs = tensor_view(x.data + (size_t)s * in, batched(input, B));
+        Status st = forward_all(*this, xs, Mode::Eval);
+        if (!st) return st;
+        std::memcpy(out.data + (size_t)s * width, acts.back().data, (size_t)B * width * sizeof(float));
+    }
+    return Status{};
+}
+
+Status Model::confusion_matrix(const Dataset& d, int64_t* out) {
+    Status st = check_dataset(*this, d, "confusion_matrix");
+    if (!st) return st;
+    const int C = (int)output_shape().numel();
+    if (d.num_classes == 0 || C < 2)
+        return errorf("model: confusion_matrix needs labelled data and at least 2 outputs (got %d)", C);
+    std::memset(out, 0, sizeof(int64_t) * (size_t)C * (size_t)C);
+    mode = Mode::Eval;
+    const int mb = options.max_batch;
+    for (size_t s = 0; s < d.n; s += (size_t)mb) {
+        const int B = (int)(d.n - s < (size_t)mb ? d.n - s : (size_t)mb);
+        for (int r = 0; r < B; ++r) idx_buf[r] = (uint32_t)(s + (size_t)r);
+        gather(d, idx_buf, B, x_buf.data, y_labels, nullptr);
+        st = forward_all(*this, batch_rows(x_buf, B), Mode::Eval);
+        if (!st) return st;
+        for (int r = 0; r < B; ++r) {
+            const int pred = argmax_row(acts.back().data + (size_t)r * C, (size_t)C);
+            const int truth = y_labels[r];
+            if (truth >= 0 && truth < C) ++out[(size_t)truth * C + pred];
+        }
+    }
+    return Status{};
+}
+
+// --- Progress, as Keras prints it -------------------------------------------
+
+static double now_seconds() {
+    using clock = std::chrono::steady_clock;
+    return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+
+static void format_duration(char* buf, size_t cap, double s) {
+    if (s >= 3600)
+        std::snprintf(buf, cap, "%d:%02d:%02d", (int)(s / 3600), (int)(s / 60) % 60, (int)s % 60);
+    else if (s >= 60)
+        std::snprintf(buf, cap, "%d:%02d", (int)(s / 60), (int)s % 60);
+    else
+        std::snprintf(buf, cap, "%ds", (int)(s + 0.5));
+}
+
+static void format_per_step(char* buf, size_t cap, double s) {
+    if (s >= 1.0)
+        std::snprintf(buf, cap, "%.0fs/step", s);
+    else if (s >= 1e-3)
+        std::snprintf(buf, cap, "%.0fms/step", s * 1e3);
+    else
+        std::snprintf(buf, cap, "%.0fus/step", s * 1e6);
+}
+
+struct Progress {
+    FILE* out = stdout;
+    bool tty = false;
+    int verbose = 1;
+    size_t total = 0;
+    double start = 0, last_print = 0;
+    int last_len = 0;
+    const char* metric = "accuracy";
+    bool has_metric = true;
+
+    // `final`: the epoch's closing line with time per step (and validation).
+    void show(size_t done, double loss, double metric_value, bool final, const EpochStats* e = nullptr) {
+        const double t = now_seconds();
+        if (verbose != 1) return;
+        if (!final && t - last_print < (tty ? 0.1 : 5.0)) return;
+        last_print = t;
+        char line[320];
+        int at = 0;
+        const int digits = std::snprintf(nullptr, 0, "%zu", total);
+        at += std::snprintf(line + at, sizeof line - at, "%*zu/%zu [", digits, done, total);
+        const int width = 30;
+        const int filled = total ? (int)(width * done / total) : width;
+        for (int i = 0; i < width; ++i)
+            line[at++] = i < filled - 1 ? '=' : (i == filled - 1 ? (done < total ? '>' : '=') : '.');
+        line[at++] = ']';
+        char a[32], b[32];
+        const double elapsed = t - start;
+        if (final) {
+            format_duration(a, sizeof a, elapsed);
+            format_per_step(b, sizeof b, done ? elapsed / (double)done : 0.0);
+            at += std::snprintf(line + at, sizeof line - at, " %s %s", a, b);
+        } else {
+            format_duration(a, sizeof a, done ? elapsed / (double)done * (double)(total - done) : 0.0);
+            at += std::snprintf(line + at, sizeof line - at, " ETA: %s", a);
+        }
+        at += std::snprintf(line + at, sizeof line - at, " - loss: %.4f", loss);
+        if (has_metric) at += std::snprintf(line + at, sizeof line - at, " - %s: %.4f", metric, metric_value);
+        if (e && e->has_val) {
+            at += std::snprintf(line + at, sizeof line - at, " - val_loss: %.4f", e->val_loss);
+            if (has_metric) at += std::snprintf(line + at, sizeof line - at, " - val_%s: %.4f", metric, e->val_metric);
+        }
+        if (at > (int)sizeof line - 1) at = (int)sizeof line - 1;
+        line[at] = 0;
+        if (tty) {
+            const int pad = last_len > at ? last_len - at : 0;
+            std::fprintf(out, "\r%s%*s", line, pad, "");
+            if (final) std::fputc('\n', out);
+        } else {
+            std::fprintf(out, "%s\n", line);
+        }
+        last_len = at;
+        std::fflush(out);
+    }
+};
+
+Status Model::fit(const Dataset& train, const FitOptions& o) {
+    Status st = check_dataset(*this, train, "fit");
+    if (!st) return st;
+    if (o.epochs < 1) return errorf("model: fit epochs must be >= 1 (got %d)", o.epochs);
+    if (o.batch_size < 1 || o.batch_size > options.max_batch)
+        return errorf("model: fit batch_size %d outside 1..max_batch (%d given to compile)", o.batch_size,
+                      options.max_batch);
+    if (!(o.validation_split >= 0.0f && o.validation_split < 1.0f))
+        return errorf("model: validation_split must be in [0, 1) (got %g)", (double)o.validation_split);
+    if (o.verbose < 0 || o.verbose > 2) return errorf("model: verbose must be 0, 1 or 2 (got %d)", o.verbose);
+    const Dataset* val = o.validation;
+    size_t n_train = train.n, val_first = 0, n_val = 0;
+    if (val) {
+        st = check_dataset(*this, *val, "fit (validation set)");
+        if (!st) return st;
+        n_val = val->n;
+    } else if (o.validation_split > 0.0f) {
+        n_val = (size_t)((double)train.n * o.validation_split + 0.5);  // Keras: the last fraction
+        if (n_val == 0 || n_val >= train.n)
+            return errorf("model: validation_split %g of %zu samples leaves an empty side",
+                          (double)o.validation_split, train.n);
+        n_train = train.n - n_val;
+        val_first = n_train;
+        val = &train;
+    }
+    BatchIterator it;
+    st = it.init(0, n_train, o.batch_size, o.shuffle, o.seed);
+    if (!st) return st;
+    history.epochs.reserve(history.epochs.size() + (size_t)o.epochs);
+
+    const Metric k = resolve_metric(*this, train);
+    const float precision = regression_precision(*this, train);
+    Progress bar;
+    bar.out = o.out ? o.out : stdout;
+#ifdef NN_HAVE_ISATTY
+    bar.tty = isatty(fileno(bar.out)) != 0;
+#endif
+    bar.verbose = o.verbose;
+    bar.total = it.batches_per_epoch();
+    bar.metric = metric_name(options.metric);
+    bar.has_metric = k != Metric::None;
+#ifndef NN_NO_FTZ
+    const uint64_t fp_state = flush_denormals();
+#endif
+    for (int e = 0; e < o.epochs && st; ++e) {
+        if (o.verbose == 1) std::fprintf(bar.out, "Epoch %d/%d\n", e + 1, o.epochs);
+        it.start_epoch();
+        bar.start = bar.last_print = now_seconds();
+        EpochStats es;
+        es.epoch = (int)history.epochs.size() + 1;
+        es.lr = optimizer.current_lr();
+        double loss_sum = 0, hits = 0;
+        size_t seen = 0, step = 0;
+        const uint32_t* idx;
+        int B;
+        while ((B = it.next(&idx)) > 0) {
+            Target t = load_batch(*this, train, idx, B);
+            float loss = 0;
+            st = train_step(B, t, &loss);
+            if (!st) {
+                if (bar.tty && o.verbose == 1) std::fputc('\n', bar.out);
+                st = errorf("model: fit stopped at epoch %d, step %zu of %zu: %s; the weights are those "
+                            "from before this step",
+                            e + 1, step + 1, bar.total, st.message());
+                break;
+            }
+            ++step;
+            if (o.on_batch_end) o.on_batch_end(o.user, e + 1, (int64_t)step, loss);
+            loss_sum += (double)loss * B;
+            hits += metric_hits(*this, k, B, t, precision);
+            seen += (size_t)B;
+            bar.show(step, loss_sum / (double)seen, hits / (double)seen, false);
+        }
+        if (!st) break;
+        optimizer.end_epoch();
+        es.seconds = now_seconds() - bar.start;
+        es.loss = loss_sum / (double)seen;
+        es.metric = hits / (double)seen;
+        if (val) {
+            EvalResult r;
+            st = evaluate_range(*this, *val, val_first, n_val, options.max_batch, &r);
+            if (!st) break;
+            es.has_val = true;
+            es.val_loss = r.loss;
+            es.val_metric = r.metric;
+        }
+        history.epochs.push_back(es);
+        bar.show(step, es.loss, es.metric, true, &es);
+        if (o.verbose == 2) {
+            char a[32], b[32];
+            format_duration(a, sizeof a, es.seconds);
+            format_per_step(b, sizeof b, es.seconds / (double)(step ? step : 1));
+            std::fprintf(bar.out, "Epoch %d/%d - %s %s - loss: %.4f", e + 1, o.epochs, a, b, es.loss);
+            if (bar.has_metric) std::fprintf(bar.out, " - %s: %.4f", bar.metric, es.metric);
+            if (es.has_val) {
+                std::fprintf(bar.out, " - val_loss: %.4f", es.val_loss);
+                if (bar.has_metric) std::fprintf(bar.out, " - val_%s: %.4f", bar.metric, es.val_metric);
+            }
+            std::fputc('\n', bar.out);
+            std::fflush(bar.out);
+        }
+    }
+#ifndef NN_NO_FTZ
+    restore_denormals(fp_state);
+#endif
+    mode = Mode::Eval;
+    return st;
+}
+
+// --- History and summary -----------------------------------------------------
+
+Status History::write_csv(const char* path) const {
+    FILE* f = std::fopen(path, "w");
+    if (!f) return errorf("history: cannot open \"%s\" for writing: %s", path, std::strerror(errno));
+    std::fprintf(f, "epoch,loss,metric,val_loss,val_metric,seconds,lr\n");
+    for (const EpochStats& e : epochs) {
+        std::fprintf(f, "%d,%.6g,%.6g,", e.epoch, e.loss, e.metric);
+        if (e.has_val)
+            std::fprintf(f, "%.6g,%.6g,", e.val_loss, e.val_metric);
+        else
+            std::fprintf(f, ",,");
+        std::fprintf(f, "%.6g,%.6g\n", e.seconds, e.lr);
+    }
+    const bool bad = std::ferror(f) != 0;
+    if (std::fclose(f) != 0 || bad) return errorf("history: writing \"%s\" failed: %s", path, std::strerror(errno));
+    return Status{};
+}
+
+// Parameters of a layer before it is built (Dense knows its own).
+static size_t planned_params(const Layer& L, bool trainable_only) {
+    if (trainable_only && L.frozen) return 0;
+    if (L.kind == LayerKind::Dense && !L.built) {
+        const size_t in = L.in_shape.ndim ? L.in_shape.numel() : (size_t)L.in_features;
+        return in * (size_t)L.units + (L.use_bias ? (size_t)L.units : 0);
+    }
+    return L.param_count();
+}
+
+size_t Model::param_count(bool trainable_only) const {
+    size_t n = 0;
+    for (const Layer& L : layers) n += planned_params(L, trainable_only);
+    return n;
+}
+
+int Model::n_params(Param* out, int cap) {
+    int k = 0;
+    for (Layer& L : layers) k += layer_params(L, out + k, cap - k);
+    return k;
+}
+
+// 1234567 -> "1,234,567"
+static const char* thousands(char* buf, size_t cap, unsigned long long v) {
+    char tmp[32];
+    int n = std::snprintf(tmp, sizeof tmp, "%llu", v);
+    size_t at = 0;
+    for (int i = 0; i < n && at + 1 < cap; ++i) {
+        if (i > 0 && (n - i) % 3 == 0 && at + 1 < cap) buf[at++] = ',';
+        buf[at++] = tmp[i];
+    }
+    buf[at] = 0;
+    return buf;
+}
+
+void Model::summary(FILE* out) const {
+    if (!out) out = stdout;
+    const char* rule = "_________________________________________________________________";
+    const char* dbl = "=================================================================";
+    std::fprintf(out, "Model: \"sequential\"\n%s\n", rule);
+    std::fprintf(out, " %-28s %-25s %-10s\n%s\n", "Layer (type)", "Output Shape", "Param #", dbl);
+    char name[80], shp[64], num[32];
+    for (size_t i = 0; i < layers.size(); ++i) {
+        const Layer& L = layers[i];
+        std::snprintf(name, sizeof name, "%s (%s)", L.name, L.type_name());
+        int at = std::snprintf(shp, sizeof shp, "(None");
+        for (int d = 0; d < L.out_shape.ndim && at < (int)sizeof shp; ++d)
+            at += std::snprintf(shp + at, sizeof shp - (size_t)at, ", %d", L.out_shape.dim[d]);
+        if (at < (int)sizeof shp) std::snprintf(shp + at, sizeof shp - (size_t)at, ")");
+        std::fprintf(out, " %-28s %-25s %-10s\n", name, shp, thousands(num, sizeof num, planned_params(L, false)));
+    }
+    const size_t total = param_count(false), trainable = param_count(true);
+    std::fprintf(out, "%s\n", dbl);
+    std::fprintf(out, "Total params: %s\n", thousands(num, sizeof num, total));
+    std::fprintf(out, "Trainable params: %s\n", thousands(num, sizeof num, trainable));
+    std::fprintf(out, "Non-trainable params: %s\n", thousands(num, sizeof num, total - trainable));
+    size_t bytes = arena_needed;
+    int mb = options.max_batch;
+    if (!compiled && !measure_bytes(*this, options, &bytes).ok()) bytes = 0;
+    if (bytes)
+        std::fprintf(out, "Arena: %s bytes at max batch %d\n", thousands(num, sizeof num, bytes), mb);
+    std::fprintf(out, "%s\n", rule);
+}
+// ===========================================================================
+// Gradient check: central differences against the analytic backward.
+// ===========================================================================
+
+// L = sum_i y_i r_i for the layer's output y on x, in eval mode.
+static double probe_loss(Layer& L, Tensor y, const Tensor& x, const float* r) {
+    forward(L, y, x, Mode::Eval);
+    double s = 0;
+    for (size_t i = 0; i < y.numel(); ++i) s += (double)y.data[i] * r[i];
+    return s;
+}
+
+// Compares analytic[i] with the central difference of probe_loss in v[i],
+// for up to max_checks evenly spread elements.
+static void check_tensor(Layer& L, Tensor y, const Tensor& x, const float* r, float* v, const float* analytic,
+                         size_t n, float h, int max_checks, const char* name, GradCheckResult* res) {
+    const size_t stride = max_checks > 0 && n > (size_t)max_checks ? n / (size_t)max_checks : 1;
+    for (size_t i = 0; i < n; i += stride) {
+        const float old = v[i];
+        v[i] = old + h;
+        const double lp = probe_loss(L, y, x, r);
+        v[i] = old - h;
+        const double lm = probe_loss(L, y, x, r);
+        v[i] = old;
+        const double numeric = (lp - lm) / (2.0 * (double)h);
+        const double a = analytic[i];
+        const double abs_err = std::fabs(a - numeric);
+        double scale = std::fabs(a) > std::fabs(numeric) ? std::fabs(a) : std::fabs(numeric);
+        if (scale < 1.0) scale = 1.0;
+        const double rel = abs_err / scale;
+        if (abs_err > res->max_abs_err) res->max_abs_err = abs_err;
+        if (rel > res->max_rel_err) {
+            res->max_rel_err = rel;
+            res->worst = name;
+        }
+        ++res->checked;
+    }
+}
+
+Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult* out, float h, double tol,
+                      int max_checks) {
+    if (!L.built) return errorf("gradient_check: layer \"%s\" is not built", L.name);
+    if (!(h > 0.0f)) return errorf("gradient_check: step h must be > 0 (got %g)", (double)h);
+    const int B = x.shape.dim[0];
+    const Shape ys = batched(L.out_shape, B);
+    const size_t mark = scratch.mark();
+    Status st;
+    Tensor y, dx;
+    st = tensor_alloc(scratch, ys, &y, "gradient_check output");
+    float* r = st ? scratch.alloc_floats(ys.numel(), &st, "gradient_check probe") : nullptr;
+    if (st) st = tensor_alloc(scratch, x.shape, &dx, "gradient_check input gradient");
+    float* saved[kMaxParams] = {nullptr};
+    for (int k = 0; k < L.n_params && st; ++k)
+        saved[k] = scratch.alloc_floats(L.grads[k].numel(), &st, "gradient_check saved gradients");
+    if (!st || scratch.measuring) {
+        scratch.reset(mark);
+        return st;
+    }
+    Rng rng(0x5eed);
+    for (size_t i = 0; i < ys.numel(); ++i) r[i] = rng.uniform(-1.0f, 1.0f);
+    // The caller's accumulated gradients are put back afterwards.
+    for (int k = 0; k < L.n_params; ++k)
+        std::memcpy(saved[k], L.grads[k].data, L.grads[k].numel() * sizeof(float));
+    zero_grad(L);
+    st = forward(L, y, x, Mode::Eval);
+    if (st) st = backward(L, dx, tensor_view(r, ys), x, y);
+    if (st) {
+        GradCheckResult res;
+        check_tensor(L, y, x, r, x.data, dx.data, x.numel(), h, max_checks, "input", &res);
+        for (int k = 0; k < L.n_params; ++k)
+            check_tensor(L, y, x, r, L.params[k].data, L.grads[k].data, L.params[k].numel(), h, max_checks,
+                         L.param_name[k], &res);
+        res.passed = res.max_rel_err <= tol;
+        *out = res;
+    }
+    for (int k = 0; k < L.n_params; ++k)
+        std::memcpy(L.grads[k].data, saved[k], L.grads[k].numel() * sizeof(float));
+    scratch.reset(mark);
+    return st;
+}
 }  // namespace nn
