@@ -32,7 +32,7 @@
 // 2. The explicit style (Krikos, llm.c): you call each layer yourself.
 //
 //     nn::Layer fc = nn::Dense(784, 128, nn::Act::ReLU);
-//     nn::build(fc, nn::Shape{1, {784}}, /*max_batch=*/64, arena);
+//     nn::build(fc, nn::make_shape({784}), /*max_batch=*/64, arena);
 //     nn::forward(fc, h, x, nn::Mode::Train);            // h = relu(x W^T + b)
 //     nn::backward(fc, dx, dh, x, h);                    // dW += ..., db += ...
 //     ...then an nn::Optimizer steps the parameters you hand it.

@@ -2134,8 +2134,11 @@ Status Model::compile(const CompileOptions& opt) {
     arena_needed = need;
     step_count = 0;
     const Layer& last = layers.back();
+    // Categorical cross-entropy after a softmax is computed from the logits in
+    // one stable step (Dense with a Softmax activation, or a Softmax layer
+    // that follows another layer).
     fused_softmax_ce = opt.loss.kind == LossKind::CategoricalCrossEntropy && last.act == Act::Softmax &&
-                       (last.kind == LayerKind::Dense || last.kind == LayerKind::Activation);
+                       (last.kind == LayerKind::Dense || (last.kind == LayerKind::Activation && layers.size() >= 2));
     compiled = true;
     return Status{};
 }
@@ -2168,10 +2171,9 @@ static Status loss_of_batch(Model& m, int B, const Target& t, bool grad, float* 
         if (last.kind == LayerKind::Dense) {
             z = tensor_view(last.logits, out.shape);
             dz = grad ? batch_rows(m.dacts[n - 1], B) : Tensor{};
-        } else {
-            z = batch_rows(m.acts[n - 2 >= 0 ? n - 2 : 0], B);
-            if (n < 2) z = out;  // a lone Softmax layer sees the model input
-            dz = grad && n >= 2 ? batch_rows(m.dacts[n - 2], B) : Tensor{};
+        } else {  // a Softmax layer: its input, the previous layer's output, holds the logits
+            z = batch_rows(m.acts[n - 2], B);
+            dz = grad ? batch_rows(m.dacts[n - 2], B) : Tensor{};
         }
         st = softmax_cross_entropy(dz, nullptr, z, t, loss_out);
     } else {

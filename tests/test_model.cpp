@@ -1288,3 +1288,32 @@ TEST(CustomLayer, PReLUPassesGradientCheckAndABrokenOneFails) {
 }
 
 }  // namespace
+
+// A model whose only layer is Softmax has no logits before it to fuse with:
+// its loss must be categorical cross-entropy of softmax(x), computed once.
+TEST(ModelFusedLoss, LoneSoftmaxLayerIsNotFusedTwice) {
+    nn::Dataset d;
+    d.sample = nn::make_shape({3});
+    d.n = 2;
+    d.f32 = {1.0f, 2.0f, 0.5f, -1.0f, 0.0f, 3.0f};
+    d.labels = {1, 0};
+    d.num_classes = 3;
+    nn::Model m;
+    m.set_input(d.sample);
+    ASSERT_TRUE(m.add(nn::Softmax()).ok());
+    nn::CompileOptions co;
+    co.loss = nn::CategoricalCrossEntropy();
+    co.max_batch = 2;
+    ASSERT_TRUE(m.compile(co).ok());
+    EXPECT_FALSE(m.fused_softmax_ce);
+    nn::EvalResult r;
+    ASSERT_TRUE(m.evaluate(d, &r).ok());
+    double want = 0;
+    for (int s = 0; s < 2; ++s) {
+        const float* x = d.f32.data() + 3 * s;
+        double z = 0;
+        for (int j = 0; j < 3; ++j) z += std::exp((double)x[j]);
+        want += -std::log(std::exp((double)x[d.labels[s]]) / z);
+    }
+    EXPECT_NEAR(r.loss, want / 2, 1e-5);
+}
