@@ -2461,8 +2461,8 @@ struct Progress {
 
     // `final`: the epoch's closing line with time per step (and validation).
     void show(size_t done, double loss, double metric_value, bool final, const EpochStats* e = nullptr) {
-        const double t = now_seconds();
         if (verbose != 1) return;
+        const double t = now_seconds();
         if (!final && t - last_print < (tty ? 0.1 : 5.0)) return;
         last_print = t;
         char line[320];

@@ -17,6 +17,7 @@
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
 #include "../examples/alloc_counter.hpp"
+#include "blobs.hpp"
 #include "nn.hpp"
 
 namespace {
@@ -75,23 +76,6 @@ void compile_fashion_mlp(nn::Model& m) {
     ASSERT_TRUE(st.ok()) << st.message();
 }
 
-// Small classification set with float features.
-nn::Dataset float_blobs(int n, int features, int classes, uint64_t seed) {
-    nn::Dataset d;
-    nn::Rng rng(seed);
-    d.n = (size_t)n;
-    d.sample = nn::make_shape({features});
-    d.num_classes = classes;
-    d.f32.resize((size_t)n * features);
-    d.labels.resize((size_t)n);
-    for (int i = 0; i < n; ++i) {
-        const int c = i % classes;
-        d.labels[(size_t)i] = c;
-        for (int f = 0; f < features; ++f)
-            d.f32[(size_t)i * features + f] = (f % classes == c ? 2.0f : 0.0f) + 0.7f * rng.normal();
-    }
-    return d;
-}
 
 TEST(AllocCounter, CountsSoZeroIsMeaningful) {
     static int* volatile sink_new = nullptr;
@@ -216,8 +200,8 @@ TEST(AllocFree, DropoutSigmoidTanhFusedSoftmaxSgdNesterov) {
     nn::Status st = m.compile(co);
     ASSERT_TRUE(st.ok()) << st.message();
     ASSERT_TRUE(m.fused_softmax_ce);
-    nn::Dataset d = float_blobs(32 * 50 + 7, 12, 5, 4);  // 51 steps per epoch
-    nn::Dataset v = float_blobs(40, 12, 5, 5);
+    nn::Dataset d = make_blobs(32 * 50 + 7, 12, 5, 0.7f, 4);  // 51 steps per epoch
+    nn::Dataset v = make_blobs(40, 12, 5, 0.7f, 5);
     FILE* f = std::tmpfile();
     ASSERT_NE(f, nullptr);
     StepCounter c;
@@ -257,7 +241,7 @@ TEST(AllocFree, SoftmaxLayerCceRmspropCentered) {
     nn::Status st = m.compile(co);
     ASSERT_TRUE(st.ok()) << st.message();
     ASSERT_TRUE(m.fused_softmax_ce);
-    nn::Dataset d = float_blobs(16 * 101, 8, 4, 6);
+    nn::Dataset d = make_blobs(16 * 101, 8, 4, 0.7f, 6);
     StepCounter c;
     nn::FitOptions fo;
     fo.epochs = 1;

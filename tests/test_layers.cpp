@@ -730,6 +730,27 @@ FVec one_hot(const std::vector<int32_t>& labels, int cols) {
     return t;
 }
 
+// The loss on integer labels and on the same labels as one-hot rows must
+// give the identical value and gradient. Returns the value.
+float expect_labels_match_one_hot(const nn::Loss& loss, const FVec& pred, const std::vector<int32_t>& labels,
+                                  const FVec& one_hot_rows, int R, int C) {
+    FVec d1(R * C), d2(R * C);
+    float v1 = 0, v2 = 0;
+    nn::Target tl, tv;
+    tl.labels = labels.data();
+    tv.values = one_hot_rows.data();
+    FVec x = pred;
+    EXPECT_TRUE(nn::loss_forward_backward(loss, nn::tensor_view(d1.data(), {R, C}), nn::tensor_view(x.data(), {R, C}),
+                                          tl, &v1)
+                    .ok());
+    EXPECT_TRUE(nn::loss_forward_backward(loss, nn::tensor_view(d2.data(), {R, C}), nn::tensor_view(x.data(), {R, C}),
+                                          tv, &v2)
+                    .ok());
+    EXPECT_EQ(v1, v2);
+    for (int i = 0; i < R * C; ++i) EXPECT_EQ(d1[i], d2[i]) << i;
+    return v1;
+}
+
 TEST(LossCE, LabelsAndOneHotAgreeWithReference) {
     const int R = 3, C = 5;
     nn::Rng rng(6);
@@ -739,19 +760,7 @@ TEST(LossCE, LabelsAndOneHotAgreeWithReference) {
     check_loss(nn::CrossEntropy(), R, C, z, t,
                [&](const DVec& a, const DVec& b) { return softmax_xent_ref(a, b, R, C); }, "cross-entropy one-hot");
     // Labels and one-hot rows: identical value and gradient.
-    FVec d1(R * C), d2(R * C);
-    float v1 = 0, v2 = 0;
-    nn::Target tl, tv;
-    tl.labels = labels.data();
-    tv.values = t.data();
-    ASSERT_TRUE(nn::loss_forward_backward(nn::CrossEntropy(), nn::tensor_view(d1.data(), {R, C}),
-                                          nn::tensor_view(z.data(), {R, C}), tl, &v1)
-                    .ok());
-    ASSERT_TRUE(nn::loss_forward_backward(nn::CrossEntropy(), nn::tensor_view(d2.data(), {R, C}),
-                                          nn::tensor_view(z.data(), {R, C}), tv, &v2)
-                    .ok());
-    EXPECT_EQ(v1, v2);
-    for (int i = 0; i < R * C; ++i) EXPECT_EQ(d1[i], d2[i]) << i;
+    const float v1 = expect_labels_match_one_hot(nn::CrossEntropy(), z, labels, t, R, C);
     DVec zd = to_double(z.data(), z.size()), td = to_double(t.data(), t.size());
     EXPECT_NEAR(v1, softmax_xent_ref(zd, td, R, C), 1e-6);
 }
@@ -864,19 +873,7 @@ TEST(LossCE, CategoricalCrossEntropyOnProbabilities) {
     };
     check_loss(nn::CategoricalCrossEntropy(), R, C, p, t, ref, "categorical one-hot");
     // Integer labels: same value and gradient.
-    FVec d1(R * C), d2(R * C);
-    float v1 = 0, v2 = 0;
-    nn::Target tl, tv;
-    tl.labels = labels.data();
-    tv.values = t.data();
-    ASSERT_TRUE(nn::loss_forward_backward(nn::CategoricalCrossEntropy(), nn::tensor_view(d1.data(), {R, C}),
-                                          nn::tensor_view(p.data(), {R, C}), tl, &v1)
-                    .ok());
-    ASSERT_TRUE(nn::loss_forward_backward(nn::CategoricalCrossEntropy(), nn::tensor_view(d2.data(), {R, C}),
-                                          nn::tensor_view(p.data(), {R, C}), tv, &v2)
-                    .ok());
-    EXPECT_EQ(v1, v2);
-    for (int i = 0; i < R * C; ++i) EXPECT_EQ(d1[i], d2[i]) << i;
+    expect_labels_match_one_hot(nn::CategoricalCrossEntropy(), p, labels, t, R, C);
 }
 
 TEST(LossCE, HandComputedTinyCases) {
