@@ -267,9 +267,15 @@ struct Layer {
     float* logits = nullptr;
     float* mask = nullptr;
     Mode last_mode = Mode::Eval;  // the mode of the last forward (dropout)
-    // GEMM packing scratch (gemm_pack_floats() floats). build() carves one
-    // when null; Model::compile hands every layer the same buffer.
+    // GEMM packing scratch: pack_slots buffers of pack_stride floats, one
+    // per thread (pack_stride 0 means gemm_pack_floats(), enough for any
+    // shape). build() carves num_threads() full-size slots when pack is
+    // null; Model::compile hands every layer the same slots, sized for the
+    // model's largest layer. To share one layer's scratch with another
+    // before building it, copy pack and pack_slots.
     float* pack = nullptr;
+    int pack_slots = 1;
+    size_t pack_stride = 0;
     bool pack_shared = false;  // the model supplies `pack` (also in its dry run)
     Rng rng;  // dropout draws
 
@@ -638,8 +644,20 @@ Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult
 // ===========================================================================
 // Runtime switches
 // ===========================================================================
-void set_num_threads(int n);  // also NN_NUM_THREADS; 1 by default
+// Threads the kernels may use (GEMM, optimizer updates): 1 by default,
+// NN_NUM_THREADS in the environment, at most kMaxThreads. Models and layers
+// size their per-thread scratch when they are compiled or built, so set
+// this first.
+constexpr int kMaxThreads = 64;
+void set_num_threads(int n);
 int num_threads();
+// Run fn(ctx, ith, nth) for ith = 0 .. nth-1 on the thread pool (ith = 0 on
+// the calling thread) and return when all are done. Workers start on first
+// use and are reused; a call allocates nothing. Split work into ranges by
+// (ith, nth) so results do not depend on timing.
+void parallel_for(int nth, void (*fn)(void* ctx, int ith, int nth), void* ctx);
+// Start the pool's workers now (setup), instead of at the first parallel job.
+void start_threads();
 const char* simd_arch();      // "avx512bw", "neon64", "scalar", ...
 // Flush denormals to zero (MXCSR on x86, FPCR on ARM); returns the previous
 // state for restore_denormals.

@@ -23,6 +23,11 @@
 #include <cstring>
 #include <utility>
 
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>  // MXCSR: flush denormals during fit
 #endif
@@ -263,15 +268,124 @@ uint32_t Rng::below(uint32_t n) {
 
 static int g_num_threads = 0;  // 0: not yet read from NN_NUM_THREADS
 
-void set_num_threads(int n) { g_num_threads = n < 1 ? 1 : n; }
+void set_num_threads(int n) { g_num_threads = n < 1 ? 1 : (n > kMaxThreads ? kMaxThreads : n); }
 
 int num_threads() {
     if (g_num_threads == 0) {
         const char* env = std::getenv("NN_NUM_THREADS");
-        int n = env ? std::atoi(env) : 1;
-        g_num_threads = n < 1 ? 1 : n;
+        set_num_threads(env ? std::atoi(env) : 1);
     }
     return g_num_threads;
+}
+
+// --- Thread pool ----------------------------------------------------------------
+//
+// Workers are started once, the first time a job asks for more than one
+// thread, and then live as long as the program. A job is a plain function
+// called as fn(ctx, ith, nth) on every thread ith < nth: the caller runs
+// ith = 0 itself and waits for the rest. Dispatch allocates nothing: the
+// job is three words in the pool and a generation counter tells the workers
+// there is a new one. Workers spin for a while after each job (training
+// steps come back to back, and waking a sleeping thread costs tens of
+// microseconds), then sleep on a condition variable.
+//
+// Floating-point control state (flush-to-zero) is per thread: each job
+// carries the caller's, so every thread computes exactly as the caller
+// would.
+static uint64_t fp_state_read();
+
+struct ThreadPool {
+    std::mutex mu;
+    std::condition_variable wake;
+    std::atomic<uint64_t> generation{0};
+    std::atomic<int> pending{0};
+    int workers = 0;  // threads started (ith = 1 .. workers)
+    void (*fn)(void*, int, int) = nullptr;
+    void* ctx = nullptr;
+    int nth = 1;
+    uint64_t fp_state = 0;
+
+    void worker(int ith) {
+        uint64_t seen = 0;
+        for (;;) {
+            uint64_t g = generation.load(std::memory_order_acquire);
+            for (int spin = 0; g == seen && spin < (1 << 15); ++spin) {
+                backoff(spin);
+                g = generation.load(std::memory_order_acquire);
+            }
+            if (g == seen) {
+                std::unique_lock<std::mutex> lock(mu);
+                wake.wait(lock, [&] { return generation.load(std::memory_order_acquire) != seen; });
+                g = generation.load(std::memory_order_acquire);
+            }
+            seen = g;
+            if (ith < nth) {
+                const uint64_t saved = fp_state_read();
+                if (saved != fp_state) restore_denormals(fp_state);
+                fn(ctx, ith, nth);
+                if (saved != fp_state) restore_denormals(saved);
+                pending.fetch_sub(1, std::memory_order_acq_rel);
+            }
+        }
+    }
+
+    // Busy-wait politely: pause first, then give the core away, which
+    // matters when there are more threads than cores.
+    static void backoff(int spin) {
+        if (spin < 512)
+            cpu_relax();
+        else
+            std::this_thread::yield();
+    }
+
+    static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+        _mm_pause();
+#elif defined(__aarch64__) || (defined(__arm__) && __ARM_ARCH >= 7)
+        __asm__ __volatile__("yield");
+#endif
+    }
+
+    void start(int want) {  // at setup only: std::thread allocates
+        for (; workers < want; ++workers) {
+            std::thread t(&ThreadPool::worker, this, workers + 1);
+            t.detach();
+        }
+    }
+
+    void run(int n, void (*f)(void*, int, int), void* c) {
+        if (n > 1 && workers < n - 1) start(n - 1);
+        if (n <= 1) {
+            f(c, 0, 1);
+            return;
+        }
+        fn = f;
+        ctx = c;
+        nth = n;
+        fp_state = fp_state_read();
+        pending.store(n - 1, std::memory_order_relaxed);
+        {
+            std::lock_guard<std::mutex> lock(mu);
+            generation.fetch_add(1, std::memory_order_acq_rel);
+        }
+        wake.notify_all();
+        f(c, 0, n);
+        for (int spin = 0; pending.load(std::memory_order_acquire) != 0; ++spin) backoff(spin);
+    }
+};
+
+static ThreadPool& thread_pool() {
+    static ThreadPool* pool = new ThreadPool;  // never destroyed: workers outlive main
+    return *pool;
+}
+
+void parallel_for(int nth, void (*fn)(void* ctx, int ith, int nth), void* ctx) {
+    if (nth > kMaxThreads) nth = kMaxThreads;
+    thread_pool().run(nth < 1 ? 1 : nth, fn, ctx);
+}
+
+void start_threads() {
+    if (num_threads() > 1) thread_pool().start(num_threads() - 1);
 }
 
 const char* simd_arch() { return simd::arch_name(); }
@@ -290,6 +404,22 @@ uint64_t flush_denormals() {
     uint32_t fpscr;
     __asm__ __volatile__("vmrs %0, fpscr" : "=r"(fpscr));
     __asm__ __volatile__("vmsr fpscr, %0" ::"r"(fpscr | (1u << 24)));  // FZ
+    return fpscr;
+#else
+    return 0;
+#endif
+}
+
+static uint64_t fp_state_read() {
+#if defined(__SSE__) || defined(__x86_64__)
+    return _mm_getcsr();
+#elif defined(__aarch64__)
+    uint64_t fpcr;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+    return fpcr;
+#elif defined(__arm__) && defined(__ARM_FP)
+    uint32_t fpscr;
+    __asm__ __volatile__("vmrs %0, fpscr" : "=r"(fpscr));
     return fpscr;
 #else
     return 0;
@@ -472,7 +602,14 @@ Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t se
     if (b.kind == LayerKind::Dense) {
         if (b.act != Act::None) b.scratch = arena.alloc_floats(rows_out, &st, b.name);
         if (b.act == Act::Softmax) b.logits = arena.alloc_floats(rows_out, &st, b.name);
-        if (!b.pack && !b.pack_shared) b.pack = arena.alloc_floats(gemm_pack_floats(), &st, b.name);
+        if (!b.pack && !b.pack_shared) {
+            size_t floats = 0;
+            b.pack_slots = num_threads();
+            b.pack_stride = 0;
+            if (!size_mul(gemm_pack_floats(), (size_t)b.pack_slots, &floats))
+                return errorf("layer \"%s\": GEMM scratch for %d threads overflows", b.name, b.pack_slots);
+            b.pack = arena.alloc_floats(floats, &st, b.name);
+        }
     }
     if (b.kind == LayerKind::Dropout) b.mask = arena.alloc_floats(rows_out, &st, b.name);
     if (!st) return st;
@@ -541,23 +678,103 @@ static void activation_backward(const Layer& L, float* dx, const float* dy, cons
     }
 }
 
+// Scratch one Dense layer's three GEMMs need at batch B.
+static size_t dense_pack_floats(int in, int out, int B) {
+    size_t n = gemm_pack_floats(B, out, in);              // forward
+    size_t w = gemm_pack_floats(out, in, B);              // weight gradient
+    size_t d = gemm_pack_floats(B, in, out);              // input gradient
+    return n > w ? (n > d ? n : d) : (w > d ? w : d);
+}
+
+// One GEMM of a layer, on as many threads as the layer has scratch slots and
+// the shape can use (see gemm_share in kernels/gemm.hpp: the result does not
+// depend on the thread count).
+struct GemmJob {
+    float* C;
+    const float *A, *B;
+    int ldc, lda, ldb, M, N, K;
+    bool trans_a, trans_b;
+    GemmEpilogue ep;
+    float alpha, beta;
+    float* pack;
+    size_t pack_stride;
+};
+
+static void gemm_job_part(void* ctx, int ith, int nth) {
+    const GemmJob& j = *static_cast<const GemmJob*>(ctx);
+    gemm_f32_part(ith, nth, j.C, j.ldc, j.A, j.lda, j.trans_a, j.B, j.ldb, j.trans_b, j.ep, j.alpha,
+                  j.beta, j.pack + (ptrdiff_t)(j.pack_stride * (size_t)ith), j.M, j.N, j.K);
+}
+
+static void layer_gemm(const Layer& L, GemmJob j) {
+    j.pack = L.pack;
+    j.pack_stride = L.pack_stride ? L.pack_stride : gemm_pack_floats();
+    int most = num_threads() < L.pack_slots ? num_threads() : L.pack_slots;
+    const int nth = gemm_useful_threads(j.M, j.N, j.K, most);
+    if (nth <= 1)
+        gemm_f32_fused(j.C, j.ldc, j.A, j.lda, j.trans_a, j.B, j.ldb, j.trans_b, j.ep, j.alpha, j.beta,
+                       j.pack, j.M, j.N, j.K);
+    else
+        parallel_for(nth, gemm_job_part, &j);
+}
+
+// Sigmoid and tanh as a GEMM epilogue: on each finished tile, in L1.
+static void tile_sigmoid(float* c, int ldc, int mr, int nr, const void*) {
+    for (int i = 0; i < mr; ++i) sigmoid_forward(c + (ptrdiff_t)i * ldc, c + (ptrdiff_t)i * ldc, (size_t)nr);
+}
+static void tile_tanh(float* c, int ldc, int mr, int nr, const void*) {
+    for (int i = 0; i < mr; ++i) tanh_forward(c + (ptrdiff_t)i * ldc, c + (ptrdiff_t)i * ldc, (size_t)nr);
+}
+
 // x is (B, in), W is (out, in), y is (B, out):  y = act(x W^T + b)
+// Bias and activation are applied as each output tile is stored (see
+// GemmEpilogue); only softmax, which needs whole rows, takes a second pass.
 static void dense_forward(Layer& L, float* y, const float* x, int B) {
     const int in = L.in_features, out = L.units;
-    const float* bias = L.use_bias ? L.params[1].data : nullptr;
-    float* z = L.act == Act::Softmax ? L.logits : y;
-    gemm_f32(z, out, x, in, false, L.params[0].data, in, true, bias, 1.0f, 0.0f, L.pack, B, out, in);
-    if (L.act != Act::None) activation_forward(L, y, z, (size_t)B, (size_t)out);
+    GemmJob j{};
+    j.C = L.act == Act::Softmax ? L.logits : y;
+    j.ldc = out;
+    j.A = x;
+    j.lda = in;
+    j.B = L.params[0].data;
+    j.ldb = in;
+    j.trans_b = true;
+    j.M = B, j.N = out, j.K = in;
+    j.alpha = 1.0f, j.beta = 0.0f;
+    j.ep.bias = L.use_bias ? L.params[1].data : nullptr;
+    switch (L.act) {
+        case Act::ReLU: j.ep.relu = true; break;
+        case Act::LeakyReLU: j.ep.relu = true, j.ep.slope = L.leaky_slope; break;
+        case Act::Sigmoid: j.ep.tile_fn = tile_sigmoid; break;
+        case Act::Tanh: j.ep.tile_fn = tile_tanh; break;
+        case Act::None:
+        case Act::Softmax: break;
+    }
+    layer_gemm(L, j);
+    if (L.act == Act::Softmax) softmax_forward(y, L.logits, (size_t)B, (size_t)out);
 }
 
 // dz is (B, out), the gradient before the activation:
 // dW += dz^T x, db += sum_rows dz, dx = dz W (when dx is wanted)
 static void dense_backward_z(Layer& L, float* dx, const float* dz, const float* x, int B) {
     const int in = L.in_features, out = L.units;
-    gemm_f32(L.grads[0].data, in, dz, out, true, x, in, false, nullptr, 1.0f, 1.0f, L.pack, out, in, B);
+    GemmJob j{};
+    j.C = L.grads[0].data, j.ldc = in;  // (out, in)
+    j.A = dz, j.lda = out, j.trans_a = true;
+    j.B = x, j.ldb = in;
+    j.M = out, j.N = in, j.K = B;
+    j.alpha = 1.0f, j.beta = 1.0f;
+    layer_gemm(L, j);
     if (L.use_bias) column_sum_accumulate(L.grads[1].data, dz, (size_t)B, (size_t)out);
-    if (dx)
-        gemm_f32(dx, in, dz, out, false, L.params[0].data, in, false, nullptr, 1.0f, 0.0f, L.pack, B, in, out);
+    if (dx) {
+        GemmJob d{};
+        d.C = dx, d.ldc = in;  // (B, in)
+        d.A = dz, d.lda = out;
+        d.B = L.params[0].data, d.ldb = in;
+        d.M = B, d.N = in, d.K = out;
+        d.alpha = 1.0f, d.beta = 0.0f;
+        layer_gemm(L, d);
+    }
 }
 
 Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
@@ -1837,6 +2054,15 @@ static inline void gather_row(float* __restrict dst, const T* __restrict src, si
     }
 }
 
+static inline void prefetch_bytes(const char* p, size_t n) {
+#if defined(__GNUC__)
+    for (size_t off = 0; off < n; off += 64) __builtin_prefetch(p + off);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
 // x is (count, F): x[i*F + f] = (raw * scale - mean[f]) * inv_std[f].
 // No allocation: this runs every training step.
 void gather(const Dataset& d, const uint32_t* idx, int count, float* x, int32_t* y_labels,
@@ -1850,9 +2076,17 @@ void gather(const Dataset& d, const uint32_t* idx, int count, float* x, int32_t*
     const size_t C = has_labels ? (size_t)d.num_classes : 0;
     const size_t T = d.target_size > 0 ? (size_t)d.target_size : 0;
 
+    // Shuffled rows are scattered over a data set larger than the caches:
+    // ask for a later row while converting this one, so that its misses
+    // overlap with work instead of stalling it.
+    const size_t row_bytes = F * (d.u8.empty() ? sizeof(float) : 1);
+    const char* base = d.u8.empty() ? (const char*)d.f32.data() : (const char*)d.u8.data();
+    constexpr int kAhead = 2;
     for (int i = 0; i < count; ++i) {  // sample i of the batch
         const size_t s = idx[i];
         NN_ASSERT(s < d.n);
+        if (x && i + kAhead < count && idx[i + kAhead] < d.n)
+            prefetch_bytes(base + (size_t)idx[i + kAhead] * row_bytes, row_bytes);
         if (x) {
             if (!d.u8.empty())
                 gather_row(x + (size_t)i * F, d.u8.data() + s * F, F, d.scale, mean, inv_std);
@@ -2033,11 +2267,32 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
     Status st;
     c->layers = m.layers;
     const int n = (int)c->layers.size();
-    float* pack = a.alloc_floats(gemm_pack_floats(), &st, "gemm packing buffer");
+    // One set of GEMM scratch slots (one per thread) for all layers, each
+    // slot sized for the largest layer's GEMMs.
+    size_t stride = 0;
     Shape in = m.input;
+    for (int i = 0; i < n; ++i) {
+        const Layer& L = c->layers[i];
+        Shape out;
+        if (!(st = output_shape(L, in, &out))) return st;
+        if (L.kind == LayerKind::Dense) {
+            const size_t need = dense_pack_floats((int)in.numel(), L.units, o.max_batch);
+            stride = need > stride ? need : stride;
+        }
+        in = out;
+    }
+    stride = gemm_round_up(stride, kArenaAlign / sizeof(float));  // every slot 64-byte aligned
+    const int slots = num_threads();
+    size_t pack_floats = 0;
+    if (!size_mul(stride, (size_t)slots, &pack_floats))
+        return errorf("model: GEMM scratch for %d threads overflows", slots);
+    float* pack = stride ? a.alloc_floats(pack_floats, &st, "gemm packing buffers") : nullptr;
+    in = m.input;
     for (int i = 0; i < n && st; ++i) {
         Layer& L = c->layers[i];
         L.pack = pack;
+        L.pack_slots = slots;
+        L.pack_stride = stride;
         L.pack_shared = true;
         st = build(L, in, o.max_batch, a, o.seed + 1000003ULL * (uint64_t)i);
         in = L.out_shape;
@@ -2048,7 +2303,17 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
     st = tensor_alloc(a, batched(m.input, o.max_batch), &c->x_buf, "model input batch");
     for (int i = 0; i < n && st; ++i) {
         const Shape s = batched(c->layers[i].out_shape, o.max_batch);
-        st = tensor_alloc(a, s, &c->acts[i], c->layers[i].name);
+        // Flatten only renames the shape: its output (and its gradient) is a
+        // view of its input's buffer, so neither pass copies anything.
+        if (c->layers[i].kind == LayerKind::Flatten) {
+            c->acts[i] = tensor_view(i > 0 ? c->acts[i - 1].data : c->x_buf.data, s);
+            if (i > 0) {
+                c->dacts[i] = tensor_view(c->dacts[i - 1].data, s);
+                continue;
+            }
+        } else {
+            st = tensor_alloc(a, s, &c->acts[i], c->layers[i].name);
+        }
         if (st) st = tensor_alloc(a, s, &c->dacts[i], c->layers[i].name);
     }
     if (!st) return st;
@@ -2185,14 +2450,20 @@ static Status loss_of_batch(Model& m, int B, const Target& t, bool grad, float* 
     return Status{};
 }
 
+// Backward from the loss down to the first layer with parameters: below it
+// no gradient is wanted, and that layer's own input gradient is skipped (for
+// an MLP behind Flatten this saves a GEMM as large as the first forward).
 static Status backward_all(Model& m, const Tensor& x) {
     const int B = x.shape.dim[0];
-    int i = (int)m.layers.size() - 1;
+    const int n = (int)m.layers.size();
+    int first = 0;
+    while (first < n && m.layers[first].n_params == 0) ++first;
+    int i = n - 1;
     if (m.fused_softmax_ce && m.layers[i].kind == LayerKind::Activation) --i;  // dz already in dacts[i]
-    for (; i >= 0; --i) {
+    for (; i >= first; --i) {
         Layer& L = m.layers[i];
         const Tensor xi = i > 0 ? batch_rows(m.acts[i - 1], B) : x;
-        Tensor dx = i > 0 ? batch_rows(m.dacts[i - 1], B) : Tensor{};
+        Tensor dx = i > first ? batch_rows(m.dacts[i - 1], B) : Tensor{};
         Tensor dy = batch_rows(m.dacts[i], B);
         Status st;
         if (m.fused_softmax_ce && i == (int)m.layers.size() - 1)

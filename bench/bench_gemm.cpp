@@ -1,7 +1,7 @@
 // bench/bench_gemm.cpp — gemm_f32 on the shapes the MLP runs, plus squares.
 //
-//   g++ -std=c++17 -O2 -march=native -I. bench/bench_gemm.cpp -o bench_gemm
-//       -lbenchmark -lpthread
+//   make bench    (or: g++ -std=c++17 -O2 -march=native -I. bench/bench_gemm.cpp
+//                  build/nn_impl.o -o bench_gemm -lbenchmark -lpthread -lz)
 //   With -DNN_BENCH_OPENBLAS (and -lopenblas) cblas_sgemm, on one thread,
 //   is timed on the same shapes and printed beside each of ours.
 //
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/gemm.hpp"
+#include "nn.hpp"
 
 #ifdef NN_BENCH_OPENBLAS
 #include <cblas.h>
@@ -69,6 +70,35 @@ void BM_nn_gemm(benchmark::State& state, Shape s) {
     set_counters(state, s);
 }
 
+// The same on `threads` threads of nn's pool, C split by gemm_share.
+struct ThreadedGemm {
+    const Shape* s;
+    Operands* o;
+    float* pack;
+    size_t stride;
+};
+void BM_nn_gemm_threads(benchmark::State& state, Shape s) {
+    const int threads = (int)state.range(0);
+    Operands o(s);
+    const size_t stride = (nn::gemm_pack_floats(s.M, s.N, s.K) + 15) / 16 * 16;
+    float* pack = static_cast<float*>(std::aligned_alloc(64, stride * threads * sizeof(float)));
+    nn::start_threads();
+    ThreadedGemm job{&s, &o, pack, stride};
+    for (auto _ : state) {
+        nn::parallel_for(threads, [](void* ctx, int ith, int nth) {
+            const ThreadedGemm& j = *static_cast<const ThreadedGemm*>(ctx);
+            nn::GemmEpilogue ep;
+            nn::gemm_f32_part(ith, nth, j.o->C.data(), j.o->ldc, j.o->A.data(), j.o->lda,
+                              j.s->trans_a, j.o->B.data(), j.o->ldb, j.s->trans_b, ep, 1.f, 0.f,
+                              j.pack + j.stride * ith, j.s->M, j.s->N, j.s->K);
+        }, &job);
+        benchmark::DoNotOptimize(o.C.data());
+        benchmark::ClobberMemory();
+    }
+    std::free(pack);
+    set_counters(state, s);
+}
+
 #ifdef NN_BENCH_OPENBLAS
 void BM_openblas_sgemm(benchmark::State& state, Shape s) {
     Operands o(s);
@@ -97,6 +127,13 @@ NN_BENCH_SHAPE(dense_out_64x10x128_tB, 64, 10, 128, false, true);
 NN_BENCH_SHAPE(square_256, 256, 256, 256, false, false);
 NN_BENCH_SHAPE(square_512, 512, 512, 512, false, false);
 NN_BENCH_SHAPE(square_1024, 1024, 1024, 1024, false, false);
+
+// Threads 1 and 2 (the thread count is the benchmark argument).
+BENCHMARK_CAPTURE(BM_nn_gemm_threads, square_512, Shape{512, 512, 512, false, false})->Arg(1)->Arg(2)->UseRealTime();
+BENCHMARK_CAPTURE(BM_nn_gemm_threads, dense_fwd_64x128x784_tB, Shape{64, 128, 784, false, true})
+    ->Arg(1)->Arg(2)->UseRealTime();
+BENCHMARK_CAPTURE(BM_nn_gemm_threads, dense_dW_128x784x64_tA, Shape{128, 784, 64, true, false})
+    ->Arg(1)->Arg(2)->UseRealTime();
 
 }  // namespace
 

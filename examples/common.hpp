@@ -12,7 +12,7 @@
 struct ExampleArgs {
     int epochs = 0;  // 0: the example's default
     int batch = 0;
-    int threads = 1;
+    int threads = 0;  // 0: NN_NUM_THREADS, else 1
     unsigned long long seed = 0;
     const char* data = nullptr;
     int verbose = 1;
@@ -60,7 +60,7 @@ inline ExampleArgs parse_args(int argc, char** argv) {
             std::exit(2);
         }
     }
-    nn::set_num_threads(a.threads);
+    if (a.threads > 0) nn::set_num_threads(a.threads);
     return a;
 }
 

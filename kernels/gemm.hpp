@@ -88,10 +88,44 @@ constexpr int kGemmKC = gemm_clamp(kGemmL1dBytes / ((kGemmMR + kGemmNR) * 4) / 6
 constexpr int kGemmMC = kGemmL2Bytes / 2 / (kGemmKC * 4) / kGemmMR * kGemmMR;
 constexpr int kGemmNC = kGemmL2Bytes / (kGemmKC * 4) / kGemmNR * kGemmNR;
 
-// Floats of packing scratch gemm_f32 needs: one B panel and one A block.
-// Both start on 64-byte boundaries when `pack` does (KC * NC is a multiple
-// of 16).
+// Depth of the K blocks: K is cut into equal blocks of at most KC
+// (784 -> 4 x 196, not 3 x 256 + 16).
+inline int gemm_kc_step(int K) {
+    const int k_blocks = (K + kGemmKC - 1) / kGemmKC;
+    return (K + k_blocks - 1) / k_blocks;
+}
+inline size_t gemm_round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
+
+// Floats of packing scratch: one KC x NC panel of op(B) then one MC x KC
+// block of op(A), the A block starting on a 64-byte boundary when `pack`
+// does. gemm_pack_floats(M, N, K) is what one call of that shape touches;
+// gemm_pack_floats() bounds every shape (about 1.5 MB on AVX-512).
+inline size_t gemm_pack_b_floats(int N, int K) {
+    const int nc = N < kGemmNC ? N : kGemmNC;
+    return gemm_round_up((size_t)gemm_kc_step(K) * gemm_round_up((size_t)nc, kGemmNR), 16);
+}
+inline size_t gemm_pack_floats(int M, int N, int K) {
+    if (M <= 0 || N <= 0 || K <= 0) return 0;
+    const int mc = M < kGemmMC ? M : kGemmMC;
+    return gemm_pack_b_floats(N, K) + gemm_round_up((size_t)mc, kGemmMR) * (size_t)gemm_kc_step(K);
+}
 inline size_t gemm_pack_floats() { return (size_t)kGemmKC * kGemmNC + (size_t)kGemmMC * kGemmKC; }
+
+// What is applied to C as its tile is stored (the "epilogue"): a bias per
+// column with the first K block, then, with the last K block, while the
+// tile is still in registers, y = y > 0 ? y : slope * y (ReLU with slope 0,
+// leaky ReLU otherwise) when `relu`. Activations that need exp
+// (sigmoid, tanh) are applied by the caller of gemm_f32_fused to each tile
+// right after it is stored, while it is in L1 (see gemm_f32_fused).
+struct GemmEpilogue {
+    const float* bias = nullptr;
+    bool relu = false;
+    float slope = 0.f;
+    // Called on every finished tile of C (mr x nr at c, row stride ldc),
+    // after the last K block; null for none.
+    void (*tile_fn)(float* c, int ldc, int mr, int nr, const void* ctx) = nullptr;
+    const void* tile_ctx = nullptr;
+};
 
 // ---------------------------------------------------------------------------
 // 2. The micro-kernel
@@ -101,8 +135,9 @@ inline size_t gemm_pack_floats() { return (size_t)kGemmKC * kGemmNC + (size_t)kG
 // right edges at most one vector wide. Contract, with NR = kGemmNR:
 //
 //   acc[i][j]    = sum_{p < kc} a[i*rs_a + p*cs_a] * b[p*NR + j]
-//   c[i*ldc + j] = alpha * acc[i][j] + beta * c[i*ldc + j] + bias[j]
+//   c[i*ldc + j] = act(alpha * acc[i][j] + beta * c[i*ldc + j] + bias[j])
 //                                           (i < MR, j < NV * kWidth)
+// act(r) = r > 0 ? r : slope * r when relu (max(r, 0) for slope 0), else r.
 // a: an MR x kc sliver of op(A), element (i, p) at a[i*rs_a + p*cs_a]:
 //    packed (rs_a = 1, cs_a = MR: kc columns of MR floats) or read in place
 //    from a row-major A (rs_a = lda, cs_a = 1).
@@ -112,11 +147,17 @@ inline size_t gemm_pack_floats() { return (size_t)kGemmKC * kGemmNC + (size_t)kG
 //    stores the full tile; a ragged tile of C goes through
 //    gemm_f32_edge_tile, which points c at a stack tile instead.
 // beta == 0: c is not read (NaN in C does not leak). bias may be nullptr.
+// The epilogue's ReLU in one float, the same formula as the vector lanes.
+static inline float gemm_relu(float r, float slope) {
+    if (slope == 0.f) return r < 0.f ? 0.f : r;  // relu(-inf) = 0; NaN stays NaN
+    return r > 0.f ? r : r * slope;
+}
+
 #if NN_SIMD
 template <int NV>
 static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                     const float* b, const float* bias, float alpha, float beta,
-                                    int kc) {
+                                    int kc, bool relu = false, float slope = 0.f) {
     using simd::vf;
     constexpr int MR = kGemmMR, NR = kGemmNR, W = simd::kWidth;
     vf acc[MR][NV];  // the tile of C, in registers
@@ -142,7 +183,7 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
     }
 
     // Store, M: rows of the tile; N: NV vectors per row.
-    const vf va(alpha), vb(beta);
+    const vf va(alpha), vb(beta), vzero(0.f), vslope(slope);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
         float* ci = c + (ptrdiff_t)i * ldc;
@@ -151,6 +192,9 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
             vf r = acc[i][v] * va;
             if (beta != 0.f) r = xsimd::fma(vb, vf::load_unaligned(ci + v * W), r);
             if (bias) r += vf::load_unaligned(bias + v * W);
+            // max(0, r), in that order: x86 and NEON both return r when r is
+            // NaN, so a NaN stays visible to the loss (as in PyTorch).
+            if (relu) r = slope == 0.f ? xsimd::max(vzero, r) : xsimd::select(r > vzero, r, r * vslope);
             r.store_unaligned(ci + v * W);
         }
     }
@@ -160,7 +204,7 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
 template <int NV>
 static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                     const float* b, const float* bias, float alpha, float beta,
-                                    int kc) {
+                                    int kc, bool relu = false, float slope = 0.f) {
     constexpr int MR = kGemmMR, NR = kGemmNR;
     float acc[MR][NV] = {};
     // K: one rank-1 update per step, acc += a[:, p] * b[p, :].
@@ -175,6 +219,7 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
             float r = alpha * acc[i][j];
             if (beta != 0.f) r += beta * ci[j];
             if (bias) r += bias[j];
+            if (relu) r = gemm_relu(r, slope);
             ci[j] = r;
         }
     }
@@ -187,7 +232,7 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
 // C. C outside (M, N) is never touched.
 static inline void gemm_f32_edge_tile(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                       const float* b, const float* bias, float alpha, float beta,
-                                      int kc, int mr, int nr) {
+                                      int kc, int mr, int nr, bool relu, float slope) {
     alignas(64) float tile[kGemmMR * kGemmNR];
     if (nr <= simd::kWidth)
         gemm_f32_ukernel<1>(tile, kGemmNR, a, rs_a, cs_a, b, nullptr, alpha, 0.f, kc);
@@ -202,6 +247,7 @@ static inline void gemm_f32_edge_tile(float* c, int ldc, const float* a, int rs_
             float r = ti[j];
             if (beta != 0.f) r += beta * ci[j];
             if (bias) r += bias[j];
+            if (relu) r = gemm_relu(r, slope);
             ci[j] = r;
         }
     }
@@ -348,38 +394,37 @@ static inline void gemm_f32_pack_a(float* dst, const float* A, int lda, bool tra
 // 4. gemm_f32: the five loops
 // ---------------------------------------------------------------------------
 // C is (M, N), op(A) is (M, K), op(B) is (K, N); see the top of this file.
-// pack: gemm_pack_floats() floats of scratch, 64-byte aligned.
+// pack: gemm_pack_floats(M, N, K) floats of scratch, 64-byte aligned.
 //
 // alpha is applied to every K block's partial product as it is stored; beta
-// and bias only with the first K block (pc == 0); later K blocks accumulate
-// into C with beta = 1.
+// and the bias only with the first K block (pc == 0), later K blocks
+// accumulate into C with beta = 1; the activation only with the last.
 //
 // When A is not transposed, its full MR-row slivers are read in place: the
 // rows of A are already contiguous along K, and the micro-kernel takes the
 // strides of its A sliver. That saves the packing pass that dominates the
 // small MLP shapes. Only a ragged last sliver is packed, so that its zero
 // padding keeps the kernel inside A.
-inline void gemm_f32(float* C, int ldc, const float* A, int lda, bool trans_a, const float* B,
-                     int ldb, bool trans_b, const float* bias, float alpha, float beta, float* pack,
-                     int M, int N, int K) {
+inline void gemm_f32_fused(float* C, int ldc, const float* A, int lda, bool trans_a,
+                           const float* B, int ldb, bool trans_b, const GemmEpilogue& ep,
+                           float alpha, float beta, float* pack, int M, int N, int K) {
     constexpr int MR = kGemmMR, NR = kGemmNR;
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {  // op(A) * op(B) is empty: C = beta * C + bias, row by row.
+    if (K <= 0) {  // op(A) * op(B) is empty: C = act(beta * C + bias), row by row.
         for (int i = 0; i < M; ++i) {
             float* ci = C + (ptrdiff_t)i * ldc;
             for (int j = 0; j < N; ++j) {
-                const float r = beta != 0.f ? beta * ci[j] : 0.f;
-                ci[j] = bias ? r + bias[j] : r;
+                float r = beta != 0.f ? beta * ci[j] : 0.f;
+                if (ep.bias) r += ep.bias[j];
+                ci[j] = ep.relu ? gemm_relu(r, ep.slope) : r;
             }
         }
+        if (ep.tile_fn) ep.tile_fn(C, ldc, M, N, ep.tile_ctx);
         return;
     }
-    float* pack_b = pack;                                 // KC x NC panel of op(B)
-    float* pack_a = pack + (ptrdiff_t)kGemmKC * kGemmNC;  // MC x KC block of op(A)
-
-    // K is cut into equal blocks of at most KC (784 -> 4 x 196, not 3 x 256 + 16).
-    const int k_blocks = (K + kGemmKC - 1) / kGemmKC;
-    const int kc_step = (K + k_blocks - 1) / k_blocks;
+    const int kc_step = gemm_kc_step(K);
+    float* pack_b = pack;                                    // kc x nc panel of op(B)
+    float* pack_a = pack + (ptrdiff_t)gemm_pack_b_floats(N, K);  // mc x kc block of op(A)
 
     // Loop 5, N: panels of NC columns of C and op(B).
     for (int jc = 0; jc < N; jc += kGemmNC) {
@@ -388,7 +433,9 @@ inline void gemm_f32(float* C, int ldc, const float* A, int lda, bool trans_a, c
         for (int pc = 0; pc < K; pc += kc_step) {
             const int kc = K - pc < kc_step ? K - pc : kc_step;
             const float beta_k = pc == 0 ? beta : 1.f;
-            const float* bias_k = pc == 0 && bias ? bias + jc : nullptr;
+            const float* bias_k = pc == 0 && ep.bias ? ep.bias + jc : nullptr;
+            const bool last_k = pc + kc == K;
+            const bool relu_k = last_k && ep.relu;
             gemm_f32_pack_b(pack_b, B, ldb, trans_b, pc, jc, kc, nc);
             // Loop 3, M: blocks of MC rows; pack op(A)(ic.., pc..) as MR-tall
             // slivers (only the ragged last sliver when A is read in place).
@@ -413,15 +460,85 @@ inline void gemm_f32(float* C, int ldc, const float* A, int lda, bool trans_a, c
                         float* c = C + (ptrdiff_t)(ic + ir) * ldc + jc + jr;
                         if (mr == MR && nr == NR)
                             gemm_f32_ukernel<kGemmNV>(c, ldc, a, rs_a, cs_a, b, bias_r, alpha,
-                                                      beta_k, kc);
+                                                      beta_k, kc, relu_k, ep.slope);
                         else
                             gemm_f32_edge_tile(c, ldc, a, rs_a, cs_a, b, bias_r, alpha, beta_k,
-                                               kc, mr, nr);
+                                               kc, mr, nr, relu_k, ep.slope);
+                        // The finished tile is in L1: apply the rest of the epilogue now.
+                        if (last_k && ep.tile_fn) ep.tile_fn(c, ldc, mr, nr, ep.tile_ctx);
                     }
                 }
             }
         }
     }
+}
+
+// The plain BLAS-like form: C := alpha op(A) op(B) + beta C (+ bias).
+inline void gemm_f32(float* C, int ldc, const float* A, int lda, bool trans_a, const float* B,
+                     int ldb, bool trans_b, const float* bias, float alpha, float beta, float* pack,
+                     int M, int N, int K) {
+    GemmEpilogue ep;
+    ep.bias = bias;
+    gemm_f32_fused(C, ldc, A, lda, trans_a, B, ldb, trans_b, ep, alpha, beta, pack, M, N, K);
+}
+
+// ---------------------------------------------------------------------------
+// Threads: the share of C that thread ith of nth computes
+// ---------------------------------------------------------------------------
+// C is cut into nth blocks along N, in whole NR-wide slivers, when N has at
+// least nth slivers, else along M in whole MR-tall slivers; K is never split,
+// so no two threads write the same element and no reduction is needed. The
+// cuts fall on tile boundaries of the one-thread run, so every element goes
+// through the same tile, the same K blocks and the same operations:
+// the result is bit-for-bit that of one thread. Each thread needs its own
+// `pack` (gemm_pack_floats(M, N, K) floats bounds any share).
+struct GemmShare {
+    int i0, i1, j0, j1;  // rows [i0, i1) and columns [j0, j1) of C
+};
+inline GemmShare gemm_share(int ith, int nth, int M, int N) {
+    const int n_slivers = (N + kGemmNR - 1) / kGemmNR;
+    const int m_slivers = (M + kGemmMR - 1) / kGemmMR;
+    GemmShare s{0, M, 0, N};
+    if (n_slivers >= nth) {
+        s.j0 = (int)((long long)n_slivers * ith / nth) * kGemmNR;
+        s.j1 = (int)((long long)n_slivers * (ith + 1) / nth) * kGemmNR;
+        if (s.j1 > N) s.j1 = N;
+    } else {
+        s.i0 = (int)((long long)m_slivers * ith / nth) * kGemmMR;
+        s.i1 = (int)((long long)m_slivers * (ith + 1) / nth) * kGemmMR;
+        if (s.i1 > M) s.i1 = M;
+        if (s.i0 > M) s.i0 = M;
+    }
+    return s;
+}
+
+// Most threads worth using on (M, N, K): one per share of at least a few
+// hundred thousand flops (below that, waking a thread costs more than it
+// saves), and no more than there are slivers to share.
+inline int gemm_useful_threads(int M, int N, int K, int max_threads) {
+    const double flops = 2.0 * M * N * K;
+    int t = (int)(flops / 4.0e5);
+    const int n_slivers = (N + kGemmNR - 1) / kGemmNR, m_slivers = (M + kGemmMR - 1) / kGemmMR;
+    const int most = n_slivers > m_slivers ? n_slivers : m_slivers;
+    if (t > most) t = most;
+    if (t > max_threads) t = max_threads;
+    return t < 1 ? 1 : t;
+}
+
+// Thread ith of nth: gemm_f32_fused on its share of C. `pack` is this
+// thread's own scratch.
+inline void gemm_f32_part(int ith, int nth, float* C, int ldc, const float* A, int lda,
+                          bool trans_a, const float* B, int ldb, bool trans_b,
+                          const GemmEpilogue& ep, float alpha, float beta, float* pack, int M,
+                          int N, int K) {
+    const GemmShare s = gemm_share(ith, nth, M, N);
+    if (s.i0 >= s.i1 || s.j0 >= s.j1) return;
+    const float* a = trans_a ? A + s.i0 : A + (ptrdiff_t)s.i0 * lda;
+    const float* b = trans_b ? B + (ptrdiff_t)s.j0 * ldb : B + s.j0;
+    GemmEpilogue e = ep;
+    if (e.bias) e.bias += s.j0;
+    gemm_f32_fused(C + (ptrdiff_t)s.i0 * ldc + s.j0, ldc, a, lda, trans_a, b, ldb, trans_b, e,
+                   alpha, beta, pack, s.i1 - s.i0, s.j1 - s.j0, K);
 }
 
 // ---------------------------------------------------------------------------

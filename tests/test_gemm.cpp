@@ -13,10 +13,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <atomic>
 #include <random>
 #include <vector>
 
 #include "kernels/gemm.hpp"
+#include "nn.hpp"
 
 namespace {
 
@@ -29,7 +31,11 @@ struct Problem {
     float alpha, beta;
     bool with_bias;
     bool padded;  // ld = minimum + pad, and every pointer offset by 1 float
+    bool relu = false;  // the fused epilogue: r > 0 ? r : slope * r
+    float slope = 0.f;
 };
+
+float relu_ref(double r, float slope) { return (float)(r > 0 ? r : slope * r); }
 
 // Owns the operands of one Problem laid out as gemm_f32 sees them.
 struct Operands {
@@ -95,7 +101,8 @@ void reference_double(const Problem& p, const Operands& o, std::vector<double>* 
             }
             const double c0 = p.beta == 0.f ? 0.0 : (double)o.C[(size_t)i * o.ldc + j];
             const double bj = o.bias ? (double)o.bias[j] : 0.0;
-            (*want)[(size_t)i * p.N + j] = p.alpha * acc + p.beta * c0 + bj;
+            const double r = p.alpha * acc + p.beta * c0 + bj;
+            (*want)[(size_t)i * p.N + j] = p.relu ? (r > 0 ? r : p.slope * r) : r;
             (*scale)[(size_t)i * p.N + j] =
                 std::fabs(p.alpha) * mag + std::fabs(p.beta * c0) + std::fabs(bj);
         }
@@ -103,8 +110,10 @@ void reference_double(const Problem& p, const Operands& o, std::vector<double>* 
 
 std::string describe(const Problem& p) {
     char s[200];
-    snprintf(s, sizeof s, "M=%d N=%d K=%d trans_a=%d trans_b=%d alpha=%g beta=%g bias=%d padded=%d",
-             p.M, p.N, p.K, p.trans_a, p.trans_b, p.alpha, p.beta, p.with_bias, p.padded);
+    snprintf(s, sizeof s,
+             "M=%d N=%d K=%d trans_a=%d trans_b=%d alpha=%g beta=%g bias=%d padded=%d relu=%d slope=%g",
+             p.M, p.N, p.K, p.trans_a, p.trans_b, p.alpha, p.beta, p.with_bias, p.padded, p.relu,
+             p.slope);
     return s;
 }
 
@@ -119,17 +128,28 @@ bool check(const Problem& p, std::mt19937& rng) {
     float* C_ref = c_ref.data() + (o.C - o.c_buf.data());
 
     // Scratch, 64-byte aligned, with a guard float past the end that
-    // gemm_pack_floats() promises.
-    const size_t np = nn::gemm_pack_floats();
-    static std::vector<float> pack_buf(np + 16 + 1);
+    // gemm_pack_floats(M, N, K) promises for this shape.
+    const size_t np = nn::gemm_pack_floats(p.M, p.N, p.K);
+    EXPECT_LE(np, nn::gemm_pack_floats());
+    static std::vector<float> pack_buf(nn::gemm_pack_floats() + 16 + 1);
     float* pack = pack_buf.data();
     while ((uintptr_t)pack % 64) ++pack;
     pack[np] = kSentinel;
 
-    nn::gemm_f32(o.C, o.ldc, o.A, o.lda, p.trans_a, o.B, o.ldb, p.trans_b, o.bias, p.alpha,
-                 p.beta, pack, p.M, p.N, p.K);
+    nn::GemmEpilogue ep;
+    ep.bias = o.bias;
+    ep.relu = p.relu;
+    ep.slope = p.slope;
+    nn::gemm_f32_fused(o.C, o.ldc, o.A, o.lda, p.trans_a, o.B, o.ldb, p.trans_b, ep, p.alpha,
+                       p.beta, pack, p.M, p.N, p.K);
     nn::gemm_f32_ref(C_ref, o.ldc, o.A, o.lda, p.trans_a, o.B, o.ldb, p.trans_b, o.bias, p.alpha,
                      p.beta, p.M, p.N, p.K);
+    if (p.relu)
+        for (int i = 0; i < p.M; ++i)
+            for (int j = 0; j < p.N; ++j) {
+                float& r = C_ref[(size_t)i * o.ldc + j];
+                r = relu_ref(r, p.slope);
+            }
 
     const double eps = (double)(p.K + 2) * FLT_EPSILON;
     for (int i = 0; i < p.M; ++i)
@@ -168,7 +188,8 @@ bool check(const Problem& p, std::mt19937& rng) {
         return false;
     }
     if (pack[np] != kSentinel) {
-        ADD_FAILURE() << describe(p) << ": gemm wrote past gemm_pack_floats() of scratch";
+        ADD_FAILURE() << describe(p) << ": gemm wrote past gemm_pack_floats(M, N, K) = " << np
+                      << " floats of scratch";
         return false;
     }
     return true;
@@ -245,6 +266,171 @@ TEST(Gemm, EmptyMOrN) {
     nn::gemm_f32(&c, 1, &a, 1, false, &b, 1, false, nullptr, 1.f, 0.f, pack.data(), 0, 1, 1);
     nn::gemm_f32(&c, 1, &a, 1, false, &b, 1, false, nullptr, 1.f, 0.f, pack.data(), 1, 0, 1);
     EXPECT_EQ(c, kSentinel);
+}
+
+// Every remainder of the register tile: M in 1..2MR+1 and N in 1..2NR+1,
+// so each ragged-row and ragged-column count is met once as the only tile
+// and once after full tiles, for every transpose combination.
+TEST(Gemm, EveryTileRemainder) {
+    std::mt19937 rng(11);
+    const int MR = nn::kGemmMR, NR = nn::kGemmNR;
+    for (int t = 0; t < 4; ++t)
+        for (int K : {1, 7})
+            for (int M = 1; M <= 2 * MR + 1; ++M)
+                for (int N = 1; N <= 2 * NR + 1; ++N) {
+                    // beta, bias and layout vary with the shape so all meet.
+                    const bool odd = ((M + N + t) & 1) != 0;
+                    const Problem p{M, N, K, (t & 1) != 0, (t & 2) != 0, 1.f, odd ? 0.f : 0.5f,
+                                    odd, (M + N) % 3 == 0};
+                    if (!check(p, rng)) return;
+                }
+}
+
+// Each block size crossed on its own (one below, at, one above, and two
+// blocks plus one), the other dimensions small and ragged.
+TEST(Gemm, AcrossEachBlockBoundary) {
+    std::mt19937 rng(13);
+    const int MC = nn::kGemmMC, NC = nn::kGemmNC, KC = nn::kGemmKC;
+    std::vector<Problem> cases;
+    for (int d : {-1, 0, 1}) {
+        cases.push_back({MC + d, 19, 21, d < 0, false, 1.f, 0.f, true, d == 0});
+        cases.push_back({13, NC + d, 21, false, d > 0, 1.f, 1.f, false, d != 0});
+        cases.push_back({13, 19, KC + d, d == 0, d != 0, 0.5f, -0.5f, true, false});
+    }
+    cases.push_back({13, 19, 2 * KC + 1, true, true, 1.f, 0.f, true, true});
+    cases.push_back({2 * MC + 1, 5, 3, false, false, 1.f, 0.f, false, false});
+    for (const Problem& p : cases)
+        if (!check(p, rng)) return;
+}
+
+// The fused ReLU / leaky ReLU epilogue on full and ragged tiles, with K
+// split into several blocks so that it must be applied only after the last.
+TEST(Gemm, ReluEpilogue) {
+    std::mt19937 rng(17);
+    const int shapes[][3] = {{64, 128, 784}, {17, 45, 3}, {9, 33, 2 * nn::kGemmKC + 3}, {1, 1, 1}};
+    for (const auto& sh : shapes)
+        for (float slope : {0.f, 0.1f})
+            for (int t = 0; t < 4; ++t) {
+                Problem p{sh[0], sh[1], sh[2], (t & 1) != 0, (t & 2) != 0, 1.f, t == 3 ? 1.f : 0.f,
+                          true, t == 2};
+                p.relu = true;
+                p.slope = slope;
+                if (!check(p, rng)) return;
+            }
+}
+
+// ReLU of NaN stays NaN (so a diverging fit is seen), of -inf is 0.
+TEST(Gemm, ReluEpilogueSpecialValues) {
+    const int M = nn::kGemmMR + 1, N = nn::kGemmNR + 1, K = 3;  // full and edge tiles
+    std::vector<float> A((size_t)M * K, 1.f), B((size_t)K * N, 1.f), C((size_t)M * N, 0.f);
+    std::vector<float> pack(nn::gemm_pack_floats(M, N, K));
+    A[0] = NAN;                          // row 0 of C: NaN
+    A[(size_t)(M - 1) * K] = -INFINITY;  // last row of C: -inf before the ReLU
+    nn::GemmEpilogue ep;
+    ep.relu = true;
+    nn::gemm_f32_fused(C.data(), N, A.data(), K, false, B.data(), N, false, ep, 1.f, 0.f,
+                       pack.data(), M, N, K);
+    for (int j = 0; j < N; ++j) {
+        EXPECT_TRUE(std::isnan(C[j])) << "column " << j;
+        EXPECT_EQ(C[(size_t)(M - 1) * N + j], 0.f) << "column " << j;
+        EXPECT_EQ(C[(size_t)N + j], 3.f) << "column " << j;
+    }
+}
+
+// The tile hook sees every element of C exactly once, after the last K
+// block: adding 1000 in it shifts the whole result by exactly 1000.
+TEST(Gemm, TileEpilogueCoversEachElementOnce) {
+    const int M = 2 * nn::kGemmMR + 3, N = 2 * nn::kGemmNR + 5, K = nn::kGemmKC + 9;
+    std::mt19937 rng(19);
+    std::uniform_int_distribution<int> u(-4, 4);  // small integers: sums are exact
+    std::vector<float> A((size_t)M * K), B((size_t)K * N), C((size_t)M * N), R((size_t)M * N);
+    for (float& v : A) v = (float)u(rng);
+    for (float& v : B) v = (float)u(rng);
+    std::vector<float> pack(nn::gemm_pack_floats(M, N, K));
+    nn::GemmEpilogue ep;
+    ep.tile_fn = [](float* c, int ldc, int mr, int nr, const void*) {
+        for (int i = 0; i < mr; ++i)
+            for (int j = 0; j < nr; ++j) c[(ptrdiff_t)i * ldc + j] += 1000.f;
+    };
+    nn::gemm_f32_fused(C.data(), N, A.data(), K, false, B.data(), N, false, ep, 1.f, 0.f,
+                       pack.data(), M, N, K);
+    nn::gemm_f32_ref(R.data(), N, A.data(), K, false, B.data(), N, false, nullptr, 1.f, 0.f, M,
+                     N, K);
+    for (size_t e = 0; e < C.size(); ++e) ASSERT_EQ(C[e], R[e] + 1000.f) << "element " << e;
+}
+
+// Threads: the shares of C tile it exactly, and computing it in shares (in
+// sequence, and on the thread pool) gives bit-for-bit the one-thread result.
+TEST(Gemm, ThreadSharesMatchOneThreadBitForBit) {
+    std::mt19937 rng(23);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const Problem shapes[] = {
+        {64, 128, 784, false, true, 1.f, 0.f, true, false},   // forward, split along N
+        {128, 784, 64, true, false, 1.f, 1.f, false, false},  // weight gradient
+        {64, 784, 128, false, false, 1.f, 0.f, false, false}, // input gradient
+        {37, 10, 50, false, true, 1.f, 0.5f, true, false},    // one sliver: split along M
+        {nn::kGemmMR * 3 + 1, nn::kGemmNR * 2 + 3, 300, true, true, 0.5f, 0.f, true, false},
+    };
+    for (const Problem& p : shapes)
+        for (int nth = 1; nth <= 5; ++nth) {
+            Operands o(p, rng);
+            for (float& v : o.c_buf) v = u(rng);  // beta != 0 reads it
+            std::vector<float> one = o.c_buf, seq = o.c_buf, pool = o.c_buf;
+            const size_t stride = (nn::gemm_pack_floats(p.M, p.N, p.K) + 15) / 16 * 16;
+            std::vector<float> pack_buf(stride * (size_t)nth + 16);
+            float* pack = pack_buf.data();
+            while ((uintptr_t)pack % 64) ++pack;
+            nn::GemmEpilogue ep;
+            ep.bias = o.bias;
+            ep.relu = p.with_bias;
+            const ptrdiff_t c_off = o.C - o.c_buf.data();
+            nn::gemm_f32_fused(one.data() + c_off, o.ldc, o.A, o.lda, p.trans_a, o.B, o.ldb,
+                               p.trans_b, ep, p.alpha, p.beta, pack, p.M, p.N, p.K);
+            // Every element in exactly one share.
+            std::vector<int> owner((size_t)p.M * p.N, 0);
+            for (int ith = 0; ith < nth; ++ith) {
+                const nn::GemmShare sh = nn::gemm_share(ith, nth, p.M, p.N);
+                for (int i = sh.i0; i < sh.i1; ++i)
+                    for (int j = sh.j0; j < sh.j1; ++j) ++owner[(size_t)i * p.N + j];
+                nn::gemm_f32_part(ith, nth, seq.data() + c_off, o.ldc, o.A, o.lda, p.trans_a, o.B,
+                                  o.ldb, p.trans_b, ep, p.alpha, p.beta, pack + stride * ith, p.M,
+                                  p.N, p.K);
+            }
+            for (size_t e = 0; e < owner.size(); ++e)
+                ASSERT_EQ(owner[e], 1) << describe(p) << " nth=" << nth << " element " << e;
+            ASSERT_EQ(0, std::memcmp(one.data(), seq.data(), one.size() * sizeof(float)))
+                << describe(p) << ": " << nth << " shares in sequence differ from one thread";
+            struct Job {
+                const Problem* p;
+                const Operands* o;
+                float* C;
+                float* pack;
+                size_t stride;
+                nn::GemmEpilogue ep;
+            } job{&p, &o, pool.data() + c_off, pack, stride, ep};
+            nn::parallel_for(nth, [](void* ctx, int ith, int n) {
+                const Job& j = *static_cast<const Job*>(ctx);
+                nn::gemm_f32_part(ith, n, j.C, j.o->ldc, j.o->A, j.o->lda, j.p->trans_a, j.o->B,
+                                  j.o->ldb, j.p->trans_b, j.ep, j.p->alpha, j.p->beta,
+                                  j.pack + j.stride * ith, j.p->M, j.p->N, j.p->K);
+            }, &job);
+            ASSERT_EQ(0, std::memcmp(one.data(), pool.data(), one.size() * sizeof(float)))
+                << describe(p) << ": " << nth << " pool threads differ from one thread";
+        }
+}
+
+// The pool runs each (ith, nth) exactly once per job, job after job.
+TEST(ThreadPool, EachShareRunsOncePerJob) {
+    for (int nth : {1, 2, 3, 8}) {
+        std::atomic<int> hits[8];
+        for (auto& h : hits) h = 0;
+        for (int rep = 0; rep < 200; ++rep)
+            nn::parallel_for(nth, [](void* ctx, int ith, int n) {
+                auto* h = static_cast<std::atomic<int>*>(ctx);
+                if (ith < n) h[ith].fetch_add(1);
+            }, hits);
+        for (int i = 0; i < 8; ++i) EXPECT_EQ(hits[i].load(), i < nth ? 200 : 0) << "nth " << nth << " ith " << i;
+    }
 }
 
 }  // namespace

@@ -1003,6 +1003,46 @@ struct ExplicitMlp {
     nn::Optimizer opt;
 };
 
+// Training on two threads gives the same weights, bit for bit, as on one:
+// GEMMs are split along M or N on tile boundaries, never along K.
+TEST(Threads, TrainingMatchesOneThreadBitForBit) {
+    const int B = 32, F = 300, steps = 4;
+    std::vector<float> weights[2];
+    for (int threads = 1; threads <= 2; ++threads) {
+        nn::set_num_threads(threads);
+        nn::Model m;
+        ASSERT_TRUE(m.add(nn::Dense(F, 128, nn::Act::ReLU)).ok());
+        ASSERT_TRUE(m.add(nn::Dense(128, 64, nn::Act::Tanh)).ok());
+        ASSERT_TRUE(m.add(nn::Dense(64, 10)).ok());
+        ASSERT_TRUE(m.compile(ce_adam(B)).ok());
+        EXPECT_EQ(m.layer(0).pack_slots, threads);
+        nn::Rng rng(99);
+        for (int s = 0; s < steps; ++s) {
+            for (size_t i = 0; i < (size_t)B * F; ++i) m.x_buf.data[i] = rng.uniform(-1.f, 1.f);
+            for (int r = 0; r < B; ++r) m.y_labels[r] = (int32_t)rng.below(10);
+            nn::Target t;
+            t.labels = m.y_labels;
+            float loss = 0;
+            ASSERT_TRUE(m.train_step(B, t, &loss).ok());
+        }
+        for (int i = 0; i < 3; ++i)
+            for (int k = 0; k < 2; ++k) {
+                const nn::Tensor& p = m.layer(i).params[k];
+                weights[threads - 1].insert(weights[threads - 1].end(), p.data, p.data + p.numel());
+            }
+    }
+    nn::set_num_threads(1);
+    ASSERT_EQ(weights[0].size(), weights[1].size());
+    EXPECT_EQ(0, std::memcmp(weights[0].data(), weights[1].data(), weights[0].size() * sizeof(float)));
+    // And training moved them (the comparison is not between two copies of the start).
+    nn::Model fresh;
+    ASSERT_TRUE(fresh.add(nn::Dense(F, 128, nn::Act::ReLU)).ok());
+    ASSERT_TRUE(fresh.add(nn::Dense(128, 64, nn::Act::Tanh)).ok());
+    ASSERT_TRUE(fresh.add(nn::Dense(64, 10)).ok());
+    ASSERT_TRUE(fresh.compile(ce_adam(B)).ok());
+    EXPECT_NE(0, std::memcmp(fresh.layer(0).params[0].data, weights[0].data(), sizeof(float) * 128 * F));
+}
+
 TEST(ExplicitStyle, MatchesTheSequentialModel) {
     const int B = 8, steps = 5;
     nn::Model m;
