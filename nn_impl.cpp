@@ -755,17 +755,23 @@ static void dense_forward(Layer& L, float* y, const float* x, int B) {
 }
 
 // dz is (B, out), the gradient before the activation:
-// dW += dz^T x, db += sum_rows dz, dx = dz W (when dx is wanted)
-static void dense_backward_z(Layer& L, float* dx, const float* dz, const float* x, int B) {
+// dW += dz^T x, db += sum_rows dz, dx = dz W (when dx is wanted).
+// overwrite: dW = ..., db = ... instead (the model's step, whose layers are
+// each used once, saves zeroing the gradients and reading them back).
+static void dense_backward_z(Layer& L, float* dx, const float* dz, const float* x, int B,
+                             bool overwrite = false) {
     const int in = L.in_features, out = L.units;
     GemmJob j{};
     j.C = L.grads[0].data, j.ldc = in;  // (out, in)
     j.A = dz, j.lda = out, j.trans_a = true;
     j.B = x, j.ldb = in;
     j.M = out, j.N = in, j.K = B;
-    j.alpha = 1.0f, j.beta = 1.0f;
+    j.alpha = 1.0f, j.beta = overwrite ? 0.0f : 1.0f;
     layer_gemm(L, j);
-    if (L.use_bias) column_sum_accumulate(L.grads[1].data, dz, (size_t)B, (size_t)out);
+    if (L.use_bias) {
+        if (overwrite) std::memset(L.grads[1].data, 0, (size_t)out * sizeof(float));
+        column_sum_accumulate(L.grads[1].data, dz, (size_t)B, (size_t)out);
+    }
     if (dx) {
         GemmJob d{};
         d.C = dx, d.ldc = in;  // (B, in)
@@ -806,7 +812,8 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
     return Status{};
 }
 
-Status backward(Layer& L, Tensor dx, const Tensor& dy, const Tensor& x, const Tensor& y) {
+static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor& x, const Tensor& y,
+                            bool overwrite_grads) {
     Status st = check_io(L, dx, x, "backward input-gradient", L.in_shape);
     if (!st) return st;
     if (dy.numel() != (size_t)x.shape.dim[0] * L.out_shape.numel())
@@ -821,7 +828,7 @@ Status backward(Layer& L, Tensor dx, const Tensor& dy, const Tensor& x, const Te
                 activation_backward(L, L.scratch, dy.data, y.data, (size_t)B, (size_t)L.units);
                 dz = L.scratch;
             }
-            dense_backward_z(L, dx.data, dz, x.data, B);
+            dense_backward_z(L, dx.data, dz, x.data, B, overwrite_grads);
             break;
         }
         case LayerKind::Activation:
@@ -837,18 +844,30 @@ Status backward(Layer& L, Tensor dx, const Tensor& dy, const Tensor& x, const Te
         case LayerKind::Flatten:
             if (dx.data && dx.data != dy.data) std::memcpy(dx.data, dy.data, n_out * sizeof(float));
             break;
-        case LayerKind::Custom: L.custom->backward(L, dx, dy, x, y); break;
+        case LayerKind::Custom:
+            if (overwrite_grads) zero_grad(L);  // custom layers accumulate
+            L.custom->backward(L, dx, dy, x, y);
+            break;
     }
     return Status{};
 }
 
-Status backward_preact(Layer& L, Tensor dx, const Tensor& dz, const Tensor& x) {
+Status backward(Layer& L, Tensor dx, const Tensor& dy, const Tensor& x, const Tensor& y) {
+    return backward_impl(L, dx, dy, x, y, false);
+}
+
+static Status backward_preact_impl(Layer& L, Tensor dx, const Tensor& dz, const Tensor& x,
+                                   bool overwrite_grads) {
     Status st = check_io(L, dx, x, "backward_preact input-gradient", L.in_shape);
     if (!st) return st;
     if (L.kind != LayerKind::Dense)
         return errorf("layer \"%s\" (%s): backward_preact is for Dense layers", L.name, L.type_name());
-    dense_backward_z(L, dx.data, dz.data, x.data, x.shape.dim[0]);
+    dense_backward_z(L, dx.data, dz.data, x.data, x.shape.dim[0], overwrite_grads);
     return Status{};
+}
+
+Status backward_preact(Layer& L, Tensor dx, const Tensor& dz, const Tensor& x) {
+    return backward_preact_impl(L, dx, dz, x, false);
 }
 
 void zero_grad(Layer& L) {
@@ -1236,6 +1255,75 @@ float Optimizer::current_lr() const {
     return (float)lr;
 }
 
+// One thread's share of an optimizer step: for every trainable parameter,
+// elements [begin, end) with begin and end on vector boundaries, so each
+// element is updated by the same instructions whatever the thread count.
+struct OptimStepJob {
+    Optimizer* opt;
+    float lr;
+};
+
+static void optim_step_range(void* ctx, int ith, int nth) {
+    const OptimStepJob& job = *static_cast<const OptimStepJob*>(ctx);
+    Optimizer& o = *job.opt;
+    const OptimConfig& c = o.cfg;
+    const float lr = job.lr;
+    const size_t W = (size_t)simd::kWidth;
+    for (int i = 0; i < o.n_params; ++i) {
+        Param& p = o.params[i];
+        if (!p.trainable || !p.value || !p.grad) continue;
+        const int64_t t = o.param_steps[i];
+        const size_t vecs = (p.size + W - 1) / W;
+        const size_t begin = vecs * (size_t)ith / (size_t)nth * W;
+        size_t end = vecs * (size_t)(ith + 1) / (size_t)nth * W;
+        if (end > p.size) end = p.size;
+        if (begin >= end) continue;
+        const size_t n = end - begin;
+        float* val = p.value + begin;
+        const float* g = p.grad + begin;
+        float** s = o.state + (size_t)i * Optimizer::kStateSlots;
+        auto at = [begin](float* b) { return b ? b + begin : nullptr; };
+        // Slots follow the configuration init() saw; changing kind, momentum,
+        // centered or amsgrad afterwards needs a new init().
+        NN_ASSERT(s[0] || (c.kind == OptKind::SGD && c.momentum == 0.0f) || p.size == 0);
+        NN_ASSERT(s[1] || (c.kind != OptKind::Adam && c.kind != OptKind::AdamW) || p.size == 0);
+        switch (c.kind) {
+            case OptKind::SGD:
+                sgd_update_f32(val, at(s[0]), g, lr, c.momentum, c.dampening, c.weight_decay,
+                               c.nesterov, t == 1, n);
+                break;
+            case OptKind::Adagrad: {
+                const float clr = (float)((double)lr / (1.0 + (double)(t - 1) * (double)c.lr_decay));
+                adagrad_update_f32(val, at(s[0]), g, clr, c.eps, c.weight_decay, n);
+                break;
+            }
+            case OptKind::RMSprop:
+                rmsprop_update_f32(val, at(s[0]), at(s[1]), at(s[2]), g, lr, c.alpha, c.eps,
+                                   c.weight_decay, c.momentum, n);
+                break;
+            case OptKind::Adam:
+            case OptKind::AdamW: {
+                const double bc1 = 1.0 - std::pow((double)c.beta1, (double)t);
+                const double bc2 = 1.0 - std::pow((double)c.beta2, (double)t);
+                adam_update_f32(val, at(s[0]), at(s[1]), at(s[2]), g, lr, c.beta1, c.beta2, c.eps,
+                                c.weight_decay, c.kind == OptKind::AdamW, bc1, bc2, n);
+                break;
+            }
+        }
+    }
+}
+
+// Threads worth using: one per 32k parameters (a few microseconds of
+// updates), at most num_threads().
+static int optim_useful_threads(const Optimizer& o) {
+    size_t total = 0;
+    for (int i = 0; i < o.n_params; ++i)
+        if (o.params[i].trainable) total += o.params[i].size;
+    const size_t t = total / 32768;
+    const int most = num_threads();
+    return t < 1 ? 1 : (t > (size_t)most ? most : (int)t);
+}
+
 void Optimizer::step() {
     if (!params || !state || !param_steps) return;  // not initialised, or a dry run
     const float lr = current_lr();
@@ -1259,40 +1347,18 @@ void Optimizer::step() {
         }
     }
 
-    const OptimConfig& c = cfg;
+    // Every trainable parameter takes its step count first; then the
+    // updates, which are elementwise, run on (ith, nth) ranges of each.
     for (int i = 0; i < n_params; ++i) {
-        Param& p = params[i];
-        if (!p.trainable || !p.value || !p.grad) continue;
-        const int64_t t = ++param_steps[i];
-        float** s = state + (size_t)i * kStateSlots;
-        // Slots follow the configuration init() saw; changing kind, momentum,
-        // centered or amsgrad afterwards needs a new init().
-        NN_ASSERT(s[0] || (c.kind == OptKind::SGD && c.momentum == 0.0f) || p.size == 0);
-        NN_ASSERT(s[1] || (c.kind != OptKind::Adam && c.kind != OptKind::AdamW) || p.size == 0);
-        switch (c.kind) {
-            case OptKind::SGD:
-                sgd_update_f32(p.value, s[0], p.grad, lr, c.momentum, c.dampening, c.weight_decay,
-                               c.nesterov, t == 1, p.size);
-                break;
-            case OptKind::Adagrad: {
-                const float clr = (float)((double)lr / (1.0 + (double)(t - 1) * (double)c.lr_decay));
-                adagrad_update_f32(p.value, s[0], p.grad, clr, c.eps, c.weight_decay, p.size);
-                break;
-            }
-            case OptKind::RMSprop:
-                rmsprop_update_f32(p.value, s[0], s[1], s[2], p.grad, lr, c.alpha, c.eps,
-                                   c.weight_decay, c.momentum, p.size);
-                break;
-            case OptKind::Adam:
-            case OptKind::AdamW: {
-                const double bc1 = 1.0 - std::pow((double)c.beta1, (double)t);
-                const double bc2 = 1.0 - std::pow((double)c.beta2, (double)t);
-                adam_update_f32(p.value, s[0], s[1], s[2], p.grad, lr, c.beta1, c.beta2, c.eps,
-                                c.weight_decay, c.kind == OptKind::AdamW, bc1, bc2, p.size);
-                break;
-            }
-        }
+        const Param& p = params[i];
+        if (p.trainable && p.value && p.grad) ++param_steps[i];
     }
+    OptimStepJob job{this, lr};
+    const int nth = optim_useful_threads(*this);
+    if (nth <= 1)
+        optim_step_range(&job, 0, 1);
+    else
+        parallel_for(nth, optim_step_range, &job);
     ++steps;
 }
 
@@ -2453,6 +2519,8 @@ static Status loss_of_batch(Model& m, int B, const Target& t, bool grad, float* 
 // Backward from the loss down to the first layer with parameters: below it
 // no gradient is wanted, and that layer's own input gradient is skipped (for
 // an MLP behind Flatten this saves a GEMM as large as the first forward).
+// Each layer of a sequential model is used once per step, so its parameter
+// gradients are written, not accumulated: no zeroing pass is needed.
 static Status backward_all(Model& m, const Tensor& x) {
     const int B = x.shape.dim[0];
     const int n = (int)m.layers.size();
@@ -2467,9 +2535,9 @@ static Status backward_all(Model& m, const Tensor& x) {
         Tensor dy = batch_rows(m.dacts[i], B);
         Status st;
         if (m.fused_softmax_ce && i == (int)m.layers.size() - 1)
-            st = backward_preact(L, dx, dy, xi);
+            st = backward_preact_impl(L, dx, dy, xi, true);
         else
-            st = backward(L, dx, dy, xi, batch_rows(m.acts[i], B));
+            st = backward_impl(L, dx, dy, xi, batch_rows(m.acts[i], B), true);
         if (!st) return st;
         regularization_backward(L);
     }
@@ -2481,7 +2549,6 @@ Status Model::train_step(int B, const Target& t, float* loss_out) {
     if (B < 1 || B > options.max_batch)
         return errorf("model: batch of %d outside 1..max_batch (%d)", B, options.max_batch);
     mode = Mode::Train;
-    optimizer.zero_grad();
     Tensor x = batch_rows(x_buf, B);
     Status st = forward_all(*this, x, Mode::Train);
     float loss = 0.0f;

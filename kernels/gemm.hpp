@@ -18,11 +18,14 @@
 //   3. the packing routines, which copy a panel of op(B) and a block of
 //      op(A) into the sliver layouts the micro-kernel reads, taking care of
 //      transposes and zero-padding ragged edges;
-//   4. gemm_f32: the five BLIS loops around the micro-kernel;
+//   4. gemm_f32_fused: the five BLIS loops around the micro-kernel, with
+//      the epilogue (bias, activation) applied as tiles are stored;
+//      gemm_f32, the plain BLAS-like form; gemm_f32_part, one thread's
+//      share of C;
 //   5. gemm_f32_ref: the plain triple loop, the reference for the tests.
 //
-// The caller owns the packing scratch (gemm_pack_floats() floats, 64-byte
-// aligned, from its arena): nothing here allocates.
+// The caller owns the packing scratch (gemm_pack_floats(M, N, K) floats per
+// thread, 64-byte aligned, from its arena): nothing here allocates.
 #pragma once
 
 #include "simd.hpp"

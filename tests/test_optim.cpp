@@ -687,3 +687,47 @@ TEST(OptimInit, TooSmallArenaFailsAndLeavesOptimizerAsItWas) {
 }
 
 }  // namespace
+
+// Threads: a step split into (ith, nth) ranges on vector boundaries updates
+// every element as one thread does, bit for bit, for every optimizer.
+TEST(OptimThreads, StepOnSeveralThreadsMatchesOneThread) {
+    const size_t sizes[] = {70001, 33, 40000};  // odd sizes: ranges end mid-vector
+    const nn::OptimConfig configs[] = {
+        nn::SGD(0.05f, 0.9f, true, 1e-4f),
+        nn::Adagrad(0.05f, 0.01f, 1e-4f),
+        nn::RMSprop(0.01f, 0.99f, 1e-8f, 1e-4f, 0.9f, true),
+        nn::Adam(1e-3f, 0.9f, 0.999f, 1e-8f, 1e-4f, true),
+        nn::AdamW(1e-3f),
+    };
+    for (const nn::OptimConfig& cfg : configs) {
+        std::vector<float> result[3];
+        for (int threads : {1, 2, 3}) {
+            nn::set_num_threads(threads);
+            std::vector<std::vector<float>> value(3), grad(3);
+            nn::Param ps[3];
+            nn::Rng rng(5);
+            for (int i = 0; i < 3; ++i) {
+                value[i].resize(sizes[i]);
+                grad[i].resize(sizes[i]);
+                for (float& v : value[i]) v = rng.uniform(-1.f, 1.f);
+                ps[i].value = value[i].data();
+                ps[i].grad = grad[i].data();
+                ps[i].size = sizes[i];
+            }
+            nn::Arena arena;
+            ASSERT_TRUE(arena.reserve(8u << 20).ok());
+            nn::Optimizer opt;
+            ASSERT_TRUE(opt.init(cfg, ps, 3, arena).ok());
+            for (int step = 0; step < 3; ++step) {
+                for (int i = 0; i < 3; ++i)
+                    for (float& g : grad[i]) g = rng.uniform(-1.f, 1.f);
+                opt.step();
+            }
+            for (int i = 0; i < 3; ++i) result[threads - 1].insert(result[threads - 1].end(), value[i].begin(), value[i].end());
+        }
+        nn::set_num_threads(1);
+        for (int t = 1; t < 3; ++t)
+            EXPECT_EQ(0, std::memcmp(result[0].data(), result[t].data(), result[0].size() * sizeof(float)))
+                << nn::optimizer_name(cfg.kind) << " on " << t + 1 << " threads";
+    }
+}
