@@ -16,8 +16,9 @@ WARN      = -Wall -Wextra
 # The library itself builds without exceptions or RTTI, as on a board.
 LIBFLAGS  = -fno-exceptions -fno-rtti
 
-HAVE_XSIMD := $(shell printf '\#include <xsimd/xsimd.hpp>\n' | $(CXX) $(STD) -x c++ -E - >/dev/null 2>&1 && echo 1)
-HAVE_ZLIB  := $(shell printf '\#include <zlib.h>\n' | $(CXX) -x c++ -E - >/dev/null 2>&1 && echo 1)
+# (\043 is '#': make 4.3 would keep a backslash before a literal one.)
+HAVE_XSIMD := $(shell printf '\043include <xsimd/xsimd.hpp>\n' | $(CXX) $(STD) -x c++ -E - >/dev/null 2>&1 && echo 1)
+HAVE_ZLIB  := $(shell printf '\043include <zlib.h>\n' | $(CXX) -x c++ -E - >/dev/null 2>&1 && echo 1)
 
 DEFS :=
 LIBS := -lpthread
@@ -35,14 +36,14 @@ LIB_SRC   = nn_impl.cpp
 LIB_DEPS  = nn.hpp $(wildcard kernels/*.hpp)
 EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer
 TEST_SRC  = $(wildcard tests/test_*.cpp) tests/main.cpp
-BENCH_SRC = $(wildcard bench/*.cpp)
+BENCH_SRC = $(wildcard bench/bench_*.cpp)
 
 # Packages `make deps` installs: a compiler, xsimd, GoogleTest, Google
 # Benchmark, zlib, and the Fashion-MNIST files the demo trains on.
 DEPS_PKGS = g++ make libxsimd-dev libgtest-dev libbenchmark-dev zlib1g-dev dataset-fashion-mnist
 FASHION   = /usr/share/datasets/fashion-mnist
 
-.PHONY: all lib examples test test-san demo deps bench help clean
+.PHONY: all lib examples test test-san demo deps bench bench-peers help clean
 
 all: lib examples
 
@@ -52,6 +53,8 @@ help:
 	@echo "make test      install what is missing, build and run the test suite"
 	@echo "make test-san  the test suite under AddressSanitizer + UBSan"
 	@echo "make bench     Google Benchmark programs in bench/"
+	@echo "make bench-peers  nn beside OpenBLAS (GEMM) and PyTorch (MLP epoch), one thread each;"
+	@echo "               RATIO lines, ratio > 1 = nn better (GFLOP/s: ours/peer, s: peer/ours)"
 	@echo "make deps      apt-get install $(DEPS_PKGS)"
 
 lib: $(BUILD)/nn_impl.o
@@ -92,6 +95,27 @@ bench: $(addprefix $(BUILD)/,$(notdir $(BENCH_SRC:.cpp=)))
 
 $(BUILD)/bench_%: bench/bench_%.cpp $(BUILD)/nn_impl.o
 	$(CXX) $(CXXFLAGS_ALL) $< $(BUILD)/nn_impl.o -o $@ -lbenchmark $(LIBS)
+
+# Side by side with the peers, in one run (bench/peers.sh): nn::gemm_f32 vs
+# OpenBLAS cblas_sgemm, and an MLP training epoch vs PyTorch CPU. Every result
+# is a line "RATIO work=... ours=... peer=... peer_value=... unit=... ratio=...",
+# ratio > 1 meaning nn is better: ours / peer for GFLOP/s, peer / ours for
+# seconds. A missing peer (libopenblas-dev, python3-torch, the data set) is
+# skipped with a message. Manual: `make deps` does not install the peers.
+# HAVE_OPENBLAS is expanded (one test link) only by this recipe.
+HAVE_OPENBLAS = $(shell printf '\043include <cblas.h>\nint main() { openblas_set_num_threads(1); }\n' | \
+  $(CXX) -x c++ - -o /dev/null -lopenblas >/dev/null 2>&1 && echo 1)
+
+bench-peers:
+	@$(MAKE) --no-print-directory $(BUILD)/mlp_fashion
+	@if [ "$(HAVE_OPENBLAS)" = 1 ]; then \
+	  $(MAKE) --no-print-directory $(BUILD)/peers_gemm || exit 1; gemm=$(BUILD)/peers_gemm; \
+	else gemm=""; fi; \
+	BUILD=$(BUILD) FASHION=$(FASHION) PEERS_GEMM="$$gemm" sh bench/peers.sh
+
+$(BUILD)/peers_gemm: bench/peers_gemm.cpp $(LIB_DEPS)
+	@mkdir -p $(BUILD)
+	$(CXX) $(CXXFLAGS_ALL) $< -o $@ -lopenblas
 
 # Installs only what is missing; uses sudo when not root; offline afterwards.
 deps:

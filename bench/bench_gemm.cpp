@@ -25,6 +25,27 @@
 
 namespace {
 
+// Operands start on 64-byte boundaries, as arena tensors do (a vector's own
+// 16-byte alignment would make every 512-bit load straddle two lines).
+template <class T>
+struct Aligned64 {
+    using value_type = T;
+    Aligned64() = default;
+    template <class U>
+    Aligned64(const Aligned64<U>&) {}
+    T* allocate(size_t n) {
+        void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+        if (!p) std::abort();
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, size_t) { std::free(p); }
+    template <class U>
+    bool operator==(const Aligned64<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const Aligned64<U>&) const { return false; }
+};
+using FloatBuf = std::vector<float, Aligned64<float>>;
+
 struct Shape {
     int M, N, K;
     bool trans_a, trans_b;
@@ -32,7 +53,7 @@ struct Shape {
 
 // One operand set per benchmark: A, B, C with the minimum leading dimensions.
 struct Operands {
-    std::vector<float> A, B, C;
+    FloatBuf A, B, C;
     int lda, ldb, ldc;
     explicit Operands(const Shape& s)
         : A((size_t)s.M * s.K), B((size_t)s.K * s.N), C((size_t)s.M * s.N),
@@ -124,6 +145,8 @@ NN_BENCH_SHAPE(dense_fwd_64x128x784_tB, 64, 128, 784, false, true);
 NN_BENCH_SHAPE(dense_dW_128x784x64_tA, 128, 784, 64, true, false);
 NN_BENCH_SHAPE(dense_dX_64x784x128, 64, 784, 128, false, false);
 NN_BENCH_SHAPE(dense_out_64x10x128_tB, 64, 10, 128, false, true);
+NN_BENCH_SHAPE(dot_probe_64x8x4096_tB, 64, 8, 4096, false, true);
+NN_BENCH_SHAPE(dot_probe_64x16x4096, 64, 16, 4096, false, false);
 NN_BENCH_SHAPE(square_256, 256, 256, 256, false, false);
 NN_BENCH_SHAPE(square_512, 512, 512, 512, false, false);
 NN_BENCH_SHAPE(square_1024, 1024, 1024, 1024, false, false);
