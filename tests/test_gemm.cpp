@@ -298,6 +298,10 @@ TEST(Gemm, AcrossEachBlockBoundary) {
         cases.push_back({13, 19, KC + d, d == 0, d != 0, 0.5f, -0.5f, true, false});
     }
     cases.push_back({13, 19, 2 * KC + 1, true, true, 1.f, 0.f, true, true});
+    // B read in place (not transposed, rows close enough): across N panels,
+    // and across K blocks, each with a ragged last sliver.
+    cases.push_back({40, NC + 45, 100, false, false, 1.f, 0.5f, true, false});
+    cases.push_back({21, 700, 2 * KC + 5, true, false, 1.f, 1.f, false, true});
     cases.push_back({2 * MC + 1, 5, 3, false, false, 1.f, 0.f, false, false});
     for (const Problem& p : cases)
         if (!check(p, rng)) return;
