@@ -9,6 +9,8 @@
 #endif
 #include <gtest/gtest.h>
 
+#include <cfloat>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -981,10 +983,37 @@ TEST(ModelPredict, RemainderBatchEqualsRowByRow) {
     nn::Rng rng(51);
     for (float& v : x) v = rng.uniform(-1, 1);
     ASSERT_TRUE(m.predict(nn::tensor_view(x.data(), {N, F}), nn::tensor_view(all.data(), {N, C})).ok());
+    // A batch and a single row may go through different GEMM tiles (a full
+    // tile, or a ragged one with another summation order), so they agree to
+    // rounding, not bit for bit: each output within the float error bound of
+    // its two dot products, (K + 2) eps times the sum of |terms|, the
+    // hidden layer's bound carried through |W2| (computed in double).
+    const nn::Layer& h = m.layer(0);
+    const nn::Layer& o = m.layer(1);
+    const double eps = FLT_EPSILON;
     for (int i = 0; i < N; ++i) {
         ASSERT_TRUE(m.predict(nn::tensor_view(x.data() + (size_t)i * F, {1, F}), nn::tensor_view(one.data(), {1, C}))
                         .ok());
-        for (int k = 0; k < C; ++k) EXPECT_FLOAT_EQ(all[(size_t)i * C + k], one[k]) << "sample " << i << " out " << k;
+        const float* xi = x.data() + (size_t)i * F;
+        double hidden[16], hidden_err[16];
+        for (int j = 0; j < 16; ++j) {
+            double z = h.params[1].data[j], mag = std::fabs(z);
+            for (int f = 0; f < F; ++f) {
+                z += (double)h.params[0].data[j * F + f] * xi[f];
+                mag += std::fabs((double)h.params[0].data[j * F + f] * xi[f]);
+            }
+            hidden[j] = z > 0 ? z : 0;
+            hidden_err[j] = (F + 2) * eps * mag;
+        }
+        for (int k = 0; k < C; ++k) {
+            double mag = std::fabs((double)o.params[1].data[k]), carried = 0;
+            for (int j = 0; j < 16; ++j) {
+                mag += std::fabs((double)o.params[0].data[k * 16 + j] * hidden[j]);
+                carried += std::fabs((double)o.params[0].data[k * 16 + j]) * hidden_err[j];
+            }
+            const double tol = 2 * ((16 + 2) * eps * mag + carried);  // two roundings apart
+            EXPECT_NEAR(all[(size_t)i * C + k], one[k], tol) << "sample " << i << " out " << k;
+        }
     }
     // An output that is too small is an error, not an overrun.
     nn::Status st = m.predict(nn::tensor_view(x.data(), {N, F}), nn::tensor_view(all.data(), {N - 1, C}));
