@@ -29,6 +29,7 @@
 #pragma once
 
 #include "simd.hpp"
+#include "vmath.hpp"  // masked loads and stores of a partial vector
 
 #include <cstddef>
 #include <type_traits>
@@ -395,204 +396,111 @@ static inline void gemm_f32_pack_a(float* dst, const float* A, int lda, bool tra
 }
 
 // ---------------------------------------------------------------------------
-// 3b. Narrow C: dot products along K
+// 3b. Narrow C: at most one vector of columns
 // ---------------------------------------------------------------------------
-// When C has only a few columns (a classifier's 10 outputs), an NR-wide
-// sliver of B is mostly zero padding and the micro-kernel wastes most of its
-// lanes. If A is not transposed and B is, both are contiguous along K, so
-// each element of C is a dot product of two contiguous rows: vectorise along
-// K instead, R rows of A by Q rows of B at a time (kGemmDotAcc accumulators:
-// 16 with 32 vector registers, 8 with 16), then reduce the accumulators to
-// as many sums at once with xsimd::haddp. Columns go in fours (R x 4
-// tiles), then a pair (2R x 2), then a single one (4R x 1).
+// A classifier layer has 10 outputs: C is M x 10, less than one AVX-512
+// vector wide. The main tile (MR x 2 vectors) would compute 64 columns for
+// 10 and go through the stack for every tile. Here a tile is MR rows x 1
+// vector instead, each row summed in two chains (even and odd steps of K,
+// so 2 x MR independent FMAs cover their latency), and rows are loaded and
+// stored with masks (simd::load_partial / store_partial), so only the N
+// valid lanes touch C. A is read in place (not transposed), B packed as
+// usual.
 //
-// Contract: c[i*ldc + j] = act(alpha * sum_p a[i*lda + p] * b[j*ldb + p]
-//                              + beta * c[i*ldc + j] + bias[j])
-// for i < M, j < N (beta == 0: c not read). The order of each sum depends
-// on the element's place in its tile (haddp's lanes, ragged tiles), so
-// threads split M on multiples of every tile height (kGemmRowCut below).
-#if NN_SIMD && (defined(__AVX512F__) || defined(__aarch64__))
-constexpr int kGemmDotAcc = 16;
-#else
-constexpr int kGemmDotAcc = 8;
-#endif
+// gemm_f32_ukernel_narrow<ROWS>: contract, for i < ROWS, j < nr <= kWidth,
+//   acc[i][j] = sum_{p < kc, p even} a[i*rs_a + p] * b[p*rs_b + j]
+//             + sum_{p < kc, p odd}  a[i*rs_a + p] * b[p*rs_b + j]
+//   c[i*ldc + j] = act(alpha * acc[i][j] + beta * c[i*ldc + j] + bias[j])
+// beta == 0: c is not read. A row's sums are its own chains of FMAs in p
+// order, so its result does not depend on which tile it falls in.
+constexpr int kGemmNarrowMR = kGemmMR;
 
-inline bool gemm_use_dot(bool trans_a, bool trans_b, int N, int K) {
+inline bool gemm_use_narrow(bool trans_a, int N) {
 #if NN_SIMD
-    return !trans_a && trans_b && N <= simd::kWidth && N < kGemmNR && K >= 2 * simd::kWidth;
+    return !trans_a && N <= simd::kWidth && N < kGemmNR;
 #else
-    (void)trans_a, (void)trans_b, (void)N, (void)K;
+    (void)trans_a, (void)N;
     return false;
 #endif
 }
 
 #if NN_SIMD
-// Keep v in a register: without this, GCC folds the load of an A row into
-// each of the Q FMAs that use it, which makes Q loads of one vector, and
-// vector loads (one 512-bit load per cycle on Zen 5), not FMAs, bound the
-// loop. An empty asm that claims to modify v forbids the folding.
-static inline void gemm_keep_in_register(simd::vf& v) {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__AVX512F__)
-    __asm__("" : "+v"(v.data));
-#elif defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __asm__("" : "+x"(v.data));
-#elif defined(__GNUC__) && (defined(__aarch64__) || defined(__arm__))
-    __asm__("" : "+w"(v.data));
-#else
-    (void)v;
-#endif
-}
-
-// xsimd::haddp(rows) puts the sum of rows[k] in some lane; xsimd 8.1's
-// AVX-512 version does not use lane k (lanes 2-3 and 4-5 are swapped, and
-// 10-11 with 12-13). Learn the lane of each k once, by asking it, so that
-// any xsimd version gives sums in order.
-struct GemmHaddpLanes {
-    int of[simd::kWidth];
-};
-static inline const int* gemm_haddp_lanes() {
-    static const GemmHaddpLanes lanes = [] {
-        constexpr int W = simd::kWidth;
-        simd::vf rows[W];
-        for (int k = 0; k < W; ++k) rows[k] = simd::vf((float)k);  // sum of rows[k] = k * W
-        alignas(64) float out[W];
-        xsimd::haddp(rows).store_aligned(out);
-        GemmHaddpLanes m{};
-        for (int k = 0; k < W; ++k) {
-            m.of[k] = k;
-            for (int l = 0; l < W; ++l)
-                if (out[l] == (float)(k * W)) m.of[k] = l;
-        }
-        return m;
-    }();
-    return lanes.of;
-}
-
-// sums[r*Q + q] = sum_{p < k_vec} a[r*lda + p] * b[q*ldb + p], r < R, q < Q;
-// k_vec a multiple of the vector width, sums kGemmDotAcc floats, aligned.
-template <int R, int Q>
-static inline void gemm_dot_tile(float* sums, const float* a, int lda, const float* b, int ldb,
-                                 int k_vec) {
+template <int ROWS>
+static inline void gemm_f32_ukernel_narrow(float* c, int ldc, const float* a, int rs_a,
+                                           const float* b, int rs_b, int nr, const float* bias,
+                                           float alpha, float beta, int kc, bool relu,
+                                           float slope) {
     using simd::vf;
-    constexpr int W = simd::kWidth, N_ACC = R * Q;
-    static_assert(N_ACC == kGemmDotAcc, "gemm_dot_tile: R x Q accumulators");
-    vf acc[N_ACC];
+    // Two chains per row, even and odd p: 2 x ROWS independent FMAs cover
+    // the FMA latency with only ROWS row pointers (x86 has 16 registers to
+    // address 16 rows of A, and spills them).
+    vf acc[ROWS], odd[ROWS];
 #pragma GCC unroll 16
-    for (int e = 0; e < N_ACC; ++e) acc[e] = vf(0.f);
-    // K: one vector of each of the R + Q rows per step.
-    for (int p = 0; p < k_vec; p += W) {
-        vf bv[Q];
+    for (int i = 0; i < ROWS; ++i) acc[i] = odd[i] = vf(0.f);
+    int p = 0;
+    // K: two rank-1 updates per step, columns p and p + 1 of A against rows
+    // p and p + 1 of B.
+    for (; p + 2 <= kc; p += 2, a += 2, b += 2 * rs_b) {
+        const vf b0 = vf::load_unaligned(b), b1 = vf::load_unaligned(b + rs_b);
 #pragma GCC unroll 16
-        for (int q = 0; q < Q; ++q) bv[q] = vf::load_unaligned(b + (ptrdiff_t)q * ldb + p);
-#pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            vf av = vf::load_unaligned(a + (ptrdiff_t)r * lda + p);
-            gemm_keep_in_register(av);
-#pragma GCC unroll 16
-            for (int q = 0; q < Q; ++q) acc[r * Q + q] = xsimd::fma(av, bv[q], acc[r * Q + q]);
+        for (int i = 0; i < ROWS; ++i) {
+            acc[i] = xsimd::fma(vf(a[(ptrdiff_t)i * rs_a]), b0, acc[i]);
+            odd[i] = xsimd::fma(vf(a[(ptrdiff_t)i * rs_a + 1]), b1, odd[i]);
         }
     }
-    // W accumulators at a time become W sums (sum of acc[e] to sums[e]).
-    if (N_ACC >= W) {
-        const int* lane = gemm_haddp_lanes();
-        alignas(64) float lanes[W];
-        for (int e = 0; e < N_ACC; e += W) {
-            xsimd::haddp(acc + e).store_aligned(lanes);
-            for (int k = 0; k < W; ++k) sums[e + k] = lanes[lane[k]];
-        }
-    } else {
-        for (int e = 0; e < N_ACC; ++e) sums[e] = simd::hsum(acc[e]);
+    if (p < kc) {  // K: an odd last column
+        const vf b0 = vf::load_unaligned(b);
+#pragma GCC unroll 16
+        for (int i = 0; i < ROWS; ++i) acc[i] = xsimd::fma(vf(a[(ptrdiff_t)i * rs_a]), b0, acc[i]);
     }
-}
-
-// C(i0.., j0..) for a rows x cols block from sums laid out as R x Q
-// (rows <= R, cols <= Q): the K % W tail products, then the epilogue.
-static inline void gemm_dot_finish(float* C, int ldc, const float* A, int lda, const float* B,
-                                   int ldb, const float* sums, int Q, int i0, int j0, int rows,
-                                   int cols, int k_vec, int K, const GemmEpilogue& ep,
-                                   float alpha, float beta) {
-    for (int r = 0; r < rows; ++r) {
-        const float* a = A + (ptrdiff_t)(i0 + r) * lda;
-        float* c = C + (ptrdiff_t)(i0 + r) * ldc + j0;
-        for (int q = 0; q < cols; ++q) {
-            float acc = sums[r * Q + q];
-            if (k_vec < K) {
-                const float* b = B + (ptrdiff_t)(j0 + q) * ldb;
-                for (int p = k_vec; p < K; ++p) acc += a[p] * b[p];
-            }
-            float v = alpha * acc;
-            if (beta != 0.f) v += beta * c[q];
-            if (ep.bias) v += ep.bias[j0 + q];
-            c[q] = ep.relu ? gemm_relu(v, ep.slope) : v;
-        }
-    }
-}
-
-// The R x Q tiles over rows [0, M) of columns [j0, j0 + Q). Full tiles
-// with nothing left to add (beta == 0, K a multiple of the vector width)
-// take the epilogue as vectors, lane r*Q + q = C(i0 + r, j0 + q), and are
-// copied out row by row; a ragged last block of rows, or beta != 0, goes
-// element by element.
-template <int R, int Q>
-static inline void gemm_dot_columns(float* C, int ldc, const float* A, int lda, const float* B,
-                                    int ldb, int j0, const GemmEpilogue& ep, float alpha,
-                                    float beta, int M, int K) {
-    using simd::vf;
-    constexpr int W = simd::kWidth, N_ACC = R * Q;
-    const int k_vec = K / W * W;
-    const bool vector_finish = beta == 0.f && k_vec == K && N_ACC % W == 0;
-    alignas(64) float sums[N_ACC];
-    alignas(64) float bias_lanes[N_ACC];  // bias of each lane's column
-    for (int e = 0; e < N_ACC; ++e) bias_lanes[e] = ep.bias ? ep.bias[j0 + e % Q] : 0.f;
-    const vf va(alpha), vzero(0.f), vslope(ep.slope);
-    // M: R rows of C per step.
-    for (int i0 = 0; i0 < M; i0 += R) {
-        const int rows = M - i0 < R ? M - i0 : R;
-        if (rows == R) {
-            gemm_dot_tile<R, Q>(sums, A + (ptrdiff_t)i0 * lda, lda, B + (ptrdiff_t)j0 * ldb, ldb, k_vec);
-            if (vector_finish) {
-                for (int e = 0; e < N_ACC; e += W) {
-                    vf v = xsimd::fma(va, vf::load_aligned(sums + e), vf::load_aligned(bias_lanes + e));
-                    if (ep.relu) v = ep.slope == 0.f ? xsimd::max(vzero, v) : xsimd::select(v > vzero, v, v * vslope);
-                    v.store_aligned(sums + e);
-                }
-                // M: copy each row's Q values out.
-                for (int r = 0; r < R; ++r) {
-                    float* c = C + (ptrdiff_t)(i0 + r) * ldc + j0;
-                    for (int q = 0; q < Q; ++q) c[q] = sums[r * Q + q];
-                }
-                continue;
-            }
-        } else {
-            // Ragged: the same vector sums, one accumulator at a time.
-            for (int r = 0; r < rows; ++r)
-                for (int q = 0; q < Q; ++q) {
-                    const float* a = A + (ptrdiff_t)(i0 + r) * lda;
-                    const float* b = B + (ptrdiff_t)(j0 + q) * ldb;
-                    vf acc(0.f);
-                    for (int p = 0; p < k_vec; p += W)
-                        acc = xsimd::fma(vf::load_unaligned(a + p), vf::load_unaligned(b + p), acc);
-                    sums[r * Q + q] = simd::hsum(acc);
-                }
-        }
-        gemm_dot_finish(C, ldc, A, lda, B, ldb, sums, Q, i0, j0, rows, Q, k_vec, K, ep, alpha, beta);
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i) acc[i] += odd[i];
+    // Store, M: rows of the tile, the nr valid lanes only.
+    const vf va(alpha), vb(beta), vzero(0.f), vslope(slope);
+    const vf vbias = bias ? simd::load_partial(bias, (size_t)nr, 0.f) : vzero;
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i) {
+        float* ci = c + (ptrdiff_t)i * ldc;
+        vf r = acc[i] * va;
+        if (beta != 0.f) r = xsimd::fma(vb, simd::load_partial(ci, (size_t)nr, 0.f), r);
+        r += vbias;
+        if (relu) r = slope == 0.f ? xsimd::max(vzero, r) : xsimd::select(r > vzero, r, r * vslope);
+        simd::store_partial(ci, r, (size_t)nr);
     }
 }
 #endif
 
-inline void gemm_f32_dot(float* C, int ldc, const float* A, int lda, const float* B, int ldb,
-                         const GemmEpilogue& ep, float alpha, float beta, int M, int N, int K) {
+// C (M x N, N <= kWidth) with A not transposed: loop 4 over K blocks (B
+// packed as one zero-padded sliver), loop 1 over rows in kGemmNarrowMR
+// tiles, then single rows for the remainder.
+inline void gemm_f32_narrow(float* C, int ldc, const float* A, int lda, const float* B, int ldb,
+                            bool trans_b, const GemmEpilogue& ep, float alpha, float beta,
+                            float* pack, int M, int N, int K) {
 #if NN_SIMD
-    constexpr int R4 = kGemmDotAcc / 4, R2 = kGemmDotAcc / 2, R1 = kGemmDotAcc;
-    int j0 = 0;
-    // N: columns in fours, then a pair, then a single one.
-    for (; j0 + 4 <= N; j0 += 4) gemm_dot_columns<R4, 4>(C, ldc, A, lda, B, ldb, j0, ep, alpha, beta, M, K);
-    if (j0 + 2 <= N) gemm_dot_columns<R2, 2>(C, ldc, A, lda, B, ldb, j0, ep, alpha, beta, M, K), j0 += 2;
-    if (j0 < N) gemm_dot_columns<R1, 1>(C, ldc, A, lda, B, ldb, j0, ep, alpha, beta, M, K);
+    const int kc_step = gemm_kc_step(K);
+    // Loop 4, K: blocks of kc_step; beta and bias with the first, the
+    // activation with the last.
+    for (int pc = 0; pc < K; pc += kc_step) {
+        const int kc = K - pc < kc_step ? K - pc : kc_step;
+        const float beta_k = pc == 0 ? beta : 1.f;
+        const float* bias_k = pc == 0 ? ep.bias : nullptr;
+        const bool relu_k = pc + kc == K && ep.relu;
+        gemm_f32_pack_b(pack, B, ldb, trans_b, pc, 0, kc, N);
+        const float* a = A + pc;
+        int i = 0;
+        // Loop 1, M: tiles of kGemmNarrowMR rows, then single rows.
+        for (; i + kGemmNarrowMR <= M; i += kGemmNarrowMR)
+            gemm_f32_ukernel_narrow<kGemmNarrowMR>(C + (ptrdiff_t)i * ldc, ldc, a + (ptrdiff_t)i * lda, lda,
+                                                   pack, kGemmNR, N, bias_k, alpha, beta_k, kc, relu_k,
+                                                   ep.slope);
+        for (; i < M; ++i)
+            gemm_f32_ukernel_narrow<1>(C + (ptrdiff_t)i * ldc, ldc, a + (ptrdiff_t)i * lda, lda, pack,
+                                       kGemmNR, N, bias_k, alpha, beta_k, kc, relu_k, ep.slope);
+    }
     if (ep.tile_fn) ep.tile_fn(C, ldc, M, N, ep.tile_ctx);
 #else
-    (void)C, (void)ldc, (void)A, (void)lda, (void)B, (void)ldb, (void)ep, (void)alpha, (void)beta;
-    (void)M, (void)N, (void)K;
+    (void)C, (void)ldc, (void)A, (void)lda, (void)B, (void)ldb, (void)trans_b, (void)ep;
+    (void)alpha, (void)beta, (void)pack, (void)M, (void)N, (void)K;
 #endif
 }
 
@@ -628,8 +536,8 @@ inline void gemm_f32_fused(float* C, int ldc, const float* A, int lda, bool tran
         if (ep.tile_fn) ep.tile_fn(C, ldc, M, N, ep.tile_ctx);
         return;
     }
-    if (gemm_use_dot(trans_a, trans_b, N, K)) {  // a narrow C: see 3b
-        gemm_f32_dot(C, ldc, A, lda, B, ldb, ep, alpha, beta, M, N, K);
+    if (gemm_use_narrow(trans_a, N)) {  // a narrow C: see 3b
+        gemm_f32_narrow(C, ldc, A, lda, B, ldb, trans_b, ep, alpha, beta, pack, M, N, K);
         return;
     }
     const int kc_step = gemm_kc_step(K);
@@ -708,8 +616,7 @@ inline void gemm_f32(float* C, int ldc, const float* A, int lda, bool trans_a, c
 // Threads: the share of C that thread ith of nth computes
 // ---------------------------------------------------------------------------
 // C is cut into nth blocks along N, in whole NR-wide slivers, when N has at
-// least nth slivers, else along M in blocks of kGemmRowCut rows (a multiple
-// of MR); K is never split,
+// least nth slivers, else along M in whole MR-tall slivers; K is never split,
 // so no two threads write the same element and no reduction is needed. The
 // cuts fall on tile boundaries of the one-thread run, so every element goes
 // through the same tile, the same K blocks and the same operations:
@@ -718,10 +625,9 @@ inline void gemm_f32(float* C, int ldc, const float* A, int lda, bool trans_a, c
 struct GemmShare {
     int i0, i1, j0, j1;  // rows [i0, i1) and columns [j0, j1) of C
 };
-// Rows are cut on multiples of both MR and the tallest dot-product tile
-// (section 3b), so that either path sees the same tiles.
-constexpr int gemm_gcd(int a, int b) { return b == 0 ? a : gemm_gcd(b, a % b); }
-constexpr int kGemmRowCut = kGemmMR / gemm_gcd(kGemmMR, kGemmDotAcc) * kGemmDotAcc;
+// Rows are cut on multiples of MR (the narrow path of 3b computes every row
+// the same way wherever it is cut).
+constexpr int kGemmRowCut = kGemmMR;
 
 inline GemmShare gemm_share(int ith, int nth, int M, int N) {
     const int n_slivers = (N + kGemmNR - 1) / kGemmNR;

@@ -373,7 +373,7 @@ TEST(Gemm, ThreadSharesMatchOneThreadBitForBit) {
         {128, 784, 64, true, false, 1.f, 1.f, false, false},  // weight gradient
         {64, 784, 128, false, false, 1.f, 0.f, false, false}, // input gradient
         {37, 10, 50, false, true, 1.f, 0.5f, true, false},    // one sliver: split along M
-        {45, 9, 70, false, true, 1.f, 0.f, true, false},      // narrow C, odd N: dot tiles
+        {45, 9, 70, false, true, 1.f, 0.f, true, false},      // narrow C (one vector or less)
         {nn::kGemmMR * 3 + 1, nn::kGemmNR * 2 + 3, 300, true, true, 0.5f, 0.f, true, false},
     };
     for (const Problem& p : shapes)
