@@ -43,7 +43,7 @@ BENCH_SRC = $(wildcard bench/bench_*.cpp)
 DEPS_PKGS = g++ make libxsimd-dev libgtest-dev libbenchmark-dev zlib1g-dev dataset-fashion-mnist
 FASHION   = /usr/share/datasets/fashion-mnist
 
-.PHONY: all lib examples test test-san demo deps bench bench-peers help clean
+.PHONY: all lib examples test test-san demo deps bench bench-peers dist test-dist help clean
 
 all: lib examples
 
@@ -55,6 +55,8 @@ help:
 	@echo "make bench     Google Benchmark programs in bench/"
 	@echo "make bench-peers  nn beside OpenBLAS (GEMM) and PyTorch (MLP epoch), one thread each;"
 	@echo "               RATIO lines, ratio > 1 = nn better (GFLOP/s: ours/peer, s: peer/ours)"
+	@echo "make dist      dist/nn.hpp + dist/nn_impl.cpp, the two drop-in files"
+	@echo "make test-dist build the examples and the suite from only those two files"
 	@echo "make deps      apt-get install $(DEPS_PKGS)"
 
 lib: $(BUILD)/nn_impl.o
@@ -128,5 +130,63 @@ deps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
+# The two drop-in files (tools/amalgamate.sh): dist/nn.hpp and dist/nn_impl.cpp
+# with every kernels/*.hpp pasted in. dist/ is committed; CI regenerates it
+# and fails if it differs. test-dist builds the examples and the suite from
+# a directory holding only those two files (tests/dist_test.sh).
+dist: nn.hpp nn_impl.cpp $(wildcard kernels/*.hpp) tools/amalgamate.sh
+	@sh tools/amalgamate.sh dist
+
+test-dist:
+	CXX="$(CXX)" FLAGS="$(STD) $(OPT) $(ARCH) $(WARN) $(EXTRA)" DEFS="$(DEFS)" LIBS="$(LIBS)" \
+	  sh tests/dist_test.sh
+
 clean:
-	rm -rf $(BUILD) dist
+	rm -rf $(BUILD)
+
+# ---- ARM cross builds, run under qemu-user (issue 8) -------------------------
+# make test-arm64   AArch64, NEON (xsimd arm64+neon)
+# make test-armhf   32-bit ARMv7-A hard-float with NEON (xsimd arm32+neon)
+# make test-armv6   ARMv6 with VFP and no NEON: xsimd has no architecture, so
+#                   NN_SIMD is 0 and the plain loops run
+# Each builds GoogleTest from /usr/src/googletest (once), the library with the
+# board flags (-fno-exceptions -fno-rtti) and the tests into $(BUILD)/<arch>/,
+# links statically (qemu needs no sysroot) and runs the suite under qemu. The
+# host zlib is x86 only, so these build without NN_HAVE_ZLIB. The run fails
+# unless the program exits 0 and its last line says "N passed, 0 failed".
+ARM_PKGS  = g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user libgtest-dev libxsimd-dev
+GTEST_DIR = /usr/src/googletest/googletest
+ARM_OPT  ?= -O2
+
+# $(1) arch, $(2) compiler and target flags, $(3) qemu command
+define ARM_TEST
+$(BUILD)/$(1)/gtest-all.o:
+	@mkdir -p $$(@D)
+	$(2) $(STD) $(ARM_OPT) -I$(GTEST_DIR)/include -I$(GTEST_DIR) -c $(GTEST_DIR)/src/gtest-all.cc -o $$@
+
+$(BUILD)/$(1)/nn_impl.o: $(LIB_SRC) $(LIB_DEPS)
+	@mkdir -p $$(@D)
+	$(2) $(STD) $(ARM_OPT) $(WARN) $(LIBFLAGS) -I. -c $(LIB_SRC) -o $$@
+
+$(BUILD)/$(1)/nn_tests: $(TEST_SRC) $(wildcard tests/*.inc) $(wildcard tests/*.hpp) examples/alloc_counter.hpp $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o
+	$(2) $(STD) $(ARM_OPT) $(WARN) -I. -I$(GTEST_DIR)/include $(TEST_SRC) $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o -o $$@ -static -lpthread
+
+test-$(1): deps-arm
+	@$(MAKE) --no-print-directory $(BUILD)/$(1)/nn_tests
+	@log=$(BUILD)/$(1)/nn_tests.log; \
+	{ $(3) ./$(BUILD)/$(1)/nn_tests; echo $$$$? > $$$$log.rc; } | tee $$$$log; \
+	rc=$$$$(cat $$$$log.rc); last=$$$$(tail -n 1 $$$$log); \
+	echo "$$$$last" | grep -Eq '^[0-9]+ passed, 0 failed' && [ "$$$$rc" = 0 ] || \
+	{ echo "test-$(1): FAILED (exit status $$$$rc, last line: $$$$last)"; exit 1; }
+endef
+
+$(eval $(call ARM_TEST,arm64,aarch64-linux-gnu-g++ -march=armv8-a,qemu-aarch64))
+$(eval $(call ARM_TEST,armhf,arm-linux-gnueabihf-g++ -march=armv7-a -mfpu=neon -mfloat-abi=hard,qemu-arm))
+$(eval $(call ARM_TEST,armv6,arm-linux-gnueabihf-g++ -march=armv6 -mfpu=vfp -mfloat-abi=hard -marm,qemu-arm))
+
+.PHONY: test-arm test-arm64 test-armhf test-armv6 deps-arm
+test-arm: test-arm64 test-armhf test-armv6
+
+# The cross compilers and qemu, installed as `make deps` installs its list.
+deps-arm:
+	@$(MAKE) --no-print-directory deps DEPS_PKGS="$(ARM_PKGS)"
