@@ -473,6 +473,18 @@ Status load_idx(const char* images_path, const char* labels_path, Dataset* out);
 // dir/train-images-idx3-ubyte[.gz] etc.; samples shaped (1, 28, 28).
 Status load_fashion_mnist(const char* dir, Dataset* train, Dataset* test);
 
+// CIFAR-10, binary version: records of 1 label byte and 3072 pixel bytes
+// (red, green, blue planes of 32x32, row-major). Samples are (3, 32, 32)
+// uint8. load_cifar10 reads dir/data_batch_1..5.bin and dir/test_batch.bin;
+// load_cifar10_files any list of such files into one data set. A file whose
+// size is not a whole number of records, or a label over 9, is an error
+// naming the file and the numbers; *out is untouched on any error.
+Status load_cifar10(const char* dir, Dataset* train, Dataset* test);
+Status load_cifar10_files(const char* const* paths, int count, Dataset* out);
+// Per-channel mean/std over all pixels of `from` (samples (C, H, W)), stored
+// per feature in `to` (to.mean, to.inv_std), in the units after `scale`.
+void fit_channel_normalization(Dataset& to, const Dataset& from);
+
 struct CsvOptions {
     bool header = false;      // first row names the columns
     int label_column = -1;    // -1: last column; others are features

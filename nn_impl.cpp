@@ -2059,6 +2059,117 @@ void fit_normalization(Dataset& to, const Dataset& from) {
     to.inv_std = std::move(inv_std);
 }
 
+// --- CIFAR-10 ----------------------------------------------------------------
+//
+// The binary version: each file is a run of 3073-byte records, one label
+// byte (0..9) and 3072 pixel bytes, the 1024 red values of the 32x32 image
+// in row-major order, then the green, then the blue. That is already
+// (C, H, W) order, so a record's pixels are copied as they are.
+
+static constexpr size_t kCifarPixels = 3 * 32 * 32;
+static constexpr size_t kCifarRecord = 1 + kCifarPixels;
+
+static Status cifar_append(const char* path, std::vector<uint8_t>* pixels, std::vector<int32_t>* labels) {
+    std::vector<char> buf;
+    if (!data_read_all(path, &buf)) return errorf("%s: cannot read: %s", path, std::strerror(errno));
+    if (buf.empty()) return errorf("%s: empty file (a CIFAR-10 batch holds %zu-byte records)", path, kCifarRecord);
+    if (buf.size() % kCifarRecord != 0)
+        return errorf("%s: %zu bytes is not a whole number of %zu-byte CIFAR-10 records (%zu records and %zu "
+                      "bytes over: truncated or not a CIFAR-10 binary batch)",
+                      path, buf.size(), kCifarRecord, buf.size() / kCifarRecord, buf.size() % kCifarRecord);
+    const size_t n = buf.size() / kCifarRecord;
+    // Check every label before keeping anything.
+    for (size_t i = 0; i < n; ++i) {
+        const unsigned label = (unsigned char)buf[i * kCifarRecord];
+        if (label > 9)
+            return errorf("%s: record %zu has label %u, CIFAR-10 labels are 0..9", path, i, label);
+    }
+    const size_t first = labels->size();
+    labels->resize(first + n);
+    pixels->resize((first + n) * kCifarPixels);
+    for (size_t i = 0; i < n; ++i) {  // i: record
+        const char* rec = buf.data() + i * kCifarRecord;
+        (*labels)[first + i] = (int32_t)(unsigned char)rec[0];
+        std::memcpy(pixels->data() + (first + i) * kCifarPixels, rec + 1, kCifarPixels);
+    }
+    return Status{};
+}
+
+Status load_cifar10_files(const char* const* paths, int count, Dataset* out) {
+    if (!out) return errorf("load_cifar10: null output");
+    if (count < 1 || !paths) return errorf("load_cifar10: no files given");
+    std::vector<uint8_t> pixels;
+    std::vector<int32_t> labels;
+    for (int i = 0; i < count; ++i) {
+        if (!paths[i]) return errorf("load_cifar10: file %d of %d is a null path", i + 1, count);
+        Status st = cifar_append(paths[i], &pixels, &labels);
+        if (!st) return st;
+    }
+    Dataset d;
+    d.u8 = std::move(pixels);
+    d.labels = std::move(labels);
+    d.n = d.labels.size();
+    d.sample = make_shape({3, 32, 32});
+    d.num_classes = 10;
+    *out = std::move(d);
+    return Status{};
+}
+
+Status load_cifar10(const char* dir, Dataset* train, Dataset* test) {
+    if (!dir) return errorf("load_cifar10: null directory");
+    char names[6][4096];
+    const char* train_paths[5];
+    for (int i = 0; i < 5; ++i) {
+        std::snprintf(names[i], sizeof names[i], "%s/data_batch_%d.bin", dir, i + 1);
+        train_paths[i] = names[i];
+    }
+    std::snprintf(names[5], sizeof names[5], "%s/test_batch.bin", dir);
+    const char* test_path = names[5];
+    Dataset tr, te;
+    Status st;
+    if (train && !(st = load_cifar10_files(train_paths, 5, &tr))) return st;
+    if (test && !(st = load_cifar10_files(&test_path, 1, &te))) return st;
+    if (train) *train = std::move(tr);
+    if (test) *test = std::move(te);
+    return Status{};
+}
+
+// Per-channel mean and standard deviation over every pixel of every sample
+// of `from` (samples (C, ...)), in scaled units, written per feature into
+// `to` so that gather() normalises each channel as torchvision's Normalize
+// does with dataset-wide channel statistics.
+void fit_channel_normalization(Dataset& to, const Dataset& from) {
+    NN_ASSERT(data_consistent(from));
+    const size_t F = from.sample_size(), n = from.n;
+    const size_t C = from.sample.ndim > 0 ? (size_t)from.sample.dim[0] : 1;
+    const size_t per_channel = C ? F / C : F;
+    const double scale = from.scale;
+    std::vector<double> sum(C, 0.0), sq(C, 0.0);
+    auto value = [&](size_t i, size_t f) -> double {
+        return from.u8.empty() ? (double)from.f32[i * F + f] : (double)from.u8[i * F + f];
+    };
+    // Two passes in double (mean, then squared deviations): no cancellation.
+    for (size_t i = 0; i < n; ++i)
+        for (size_t f = 0; f < F; ++f) sum[f / per_channel] += value(i, f);
+    const double count = (double)n * (double)per_channel;
+    std::vector<double> mean_raw(C, 0.0);
+    for (size_t c = 0; c < C; ++c) mean_raw[c] = count > 0 ? sum[c] / count : 0.0;
+    for (size_t i = 0; i < n; ++i)
+        for (size_t f = 0; f < F; ++f) {
+            const double d = value(i, f) - mean_raw[f / per_channel];
+            sq[f / per_channel] += d * d;
+        }
+    std::vector<float> mean(F), inv_std(F);
+    for (size_t f = 0; f < F; ++f) {
+        const size_t c = f / per_channel;
+        const double sd = count > 0 ? std::sqrt(sq[c] / count) * std::fabs(scale) : 0.0;
+        mean[f] = (float)(mean_raw[c] * scale);
+        inv_std[f] = sd < 1e-8 ? 1.0f : (float)(1.0 / sd);
+    }
+    to.mean = std::move(mean);
+    to.inv_std = std::move(inv_std);
+}
+
 Status split(Dataset& d, float fraction, Dataset* val) {
     if (!val) return errorf("split: null validation output");
     if (val == &d) return errorf("split: the validation set cannot be the data set itself");

@@ -932,4 +932,149 @@ TEST(DataSynthetic, CirclesDeterministicBalanced) {
     EXPECT_NE(n1.f32, n2.f32);
 }
 
+// --- CIFAR-10 binary batches -------------------------------------------------
+
+// One CIFAR-10 record: the label byte, then the R, G and B planes of 32x32.
+// Pixel (c, y, x) of record `seed` holds (seed * 7 + c * 50 + y * 3 + x) % 256,
+// so every position of every record is told apart.
+std::vector<uint8_t> cifar_record(int label, int seed) {
+    std::vector<uint8_t> r(3073);
+    r[0] = (uint8_t)label;
+    for (int c = 0; c < 3; ++c)
+        for (int y = 0; y < 32; ++y)
+            for (int x = 0; x < 32; ++x)
+                r[1 + c * 1024 + y * 32 + x] = (uint8_t)((seed * 7 + c * 50 + y * 3 + x) % 256);
+    return r;
+}
+std::vector<uint8_t> cifar_file(const std::vector<int>& labels, int first_seed) {
+    std::vector<uint8_t> b;
+    for (size_t i = 0; i < labels.size(); ++i) {
+        std::vector<uint8_t> r = cifar_record(labels[i], first_seed + (int)i);
+        b.insert(b.end(), r.begin(), r.end());
+    }
+    return b;
+}
+
+TEST_F(DataTest, Cifar10ReadsBatchesInOrderWithPlanesAsCHW) {
+    int seed = 0;
+    std::vector<int> all_labels;
+    const std::vector<int> per_file[5] = {{3, 9}, {0}, {1, 2, 8}, {7}, {5}};
+    for (int i = 0; i < 5; ++i) {
+        char name[32];
+        std::snprintf(name, sizeof name, "data_batch_%d.bin", i + 1);
+        write(name, cifar_file(per_file[i], seed));
+        seed += (int)per_file[i].size();
+        all_labels.insert(all_labels.end(), per_file[i].begin(), per_file[i].end());
+    }
+    write("test_batch.bin", cifar_file({4, 6}, 100));
+    nn::Dataset train, test;
+    nn::Status st = nn::load_cifar10(dir.c_str(), &train, &test);
+    ASSERT_TRUE(st.ok()) << st.message();
+    ASSERT_EQ(train.n, all_labels.size());
+    ASSERT_EQ(test.n, 2u);
+    EXPECT_EQ(train.num_classes, 10);
+    EXPECT_EQ(train.sample, nn::make_shape({3, 32, 32}));
+    for (size_t i = 0; i < train.n; ++i) EXPECT_EQ(train.labels[i], all_labels[i]) << "sample " << i;
+    EXPECT_EQ(test.labels[0], 4);
+    EXPECT_EQ(test.labels[1], 6);
+    // Pixel (c, y, x) of sample i is feature c*1024 + y*32 + x.
+    for (size_t i : {(size_t)0, (size_t)4, train.n - 1})
+        for (int c = 0; c < 3; ++c)
+            for (int y : {0, 17, 31})
+                for (int x : {0, 5, 31})
+                    ASSERT_EQ(train.u8[i * 3072 + c * 1024 + y * 32 + x], (uint8_t)((i * 7 + c * 50 + y * 3 + x) % 256))
+                        << "sample " << i << " pixel " << c << "," << y << "," << x;
+    EXPECT_EQ(test.u8[1 * 3072 + 2 * 1024 + 31 * 32 + 31], (uint8_t)((101 * 7 + 100 + 93 + 31) % 256));
+    // Converted per batch like any uint8 set.
+    train.scale = 1.0f / 255;
+    const uint32_t idx[1] = {4};
+    std::vector<float> x(3072);
+    int32_t label = -1;
+    nn::gather(train, idx, 1, x.data(), &label, nullptr);
+    EXPECT_EQ(label, all_labels[4]);
+    EXPECT_FLOAT_EQ(x[1024 + 32 + 1], (float)((4 * 7 + 50 + 3 + 1) % 256) / 255.0f);
+}
+
+TEST_F(DataTest, Cifar10BadFilesAreClearErrorsAndChangeNothing) {
+    nn::Dataset out;
+    out.n = 12345;  // must survive every failed load
+    struct Case {
+        const char* name;
+        std::vector<uint8_t> bytes;
+        const char* expect[3];
+    };
+    std::vector<uint8_t> ragged = cifar_file({1, 2}, 0);
+    ragged.resize(ragged.size() + 100);
+    std::vector<uint8_t> truncated = cifar_file({1, 2}, 0);
+    truncated.pop_back();
+    const Case cases[] = {
+        {"ragged.bin", ragged, {"6246 bytes", "3073-byte", "100 bytes over"}},
+        {"truncated.bin", truncated, {"6145 bytes", "1 records", "3072 bytes over"}},
+        {"label.bin", cifar_file({3, 10, 2}, 0), {"record 1", "label 10", "0..9"}},
+        {"empty.bin", {}, {"empty file", "", ""}},
+    };
+    for (const Case& c : cases) {
+        const std::string p = write(c.name, c.bytes);
+        const char* paths[1] = {p.c_str()};
+        nn::Status st = nn::load_cifar10_files(paths, 1, &out);
+        ASSERT_FALSE(st.ok()) << c.name;
+        EXPECT_MSG_HAS(st, c.name);
+        for (const char* e : c.expect)
+            if (e[0]) {
+                EXPECT_MSG_HAS(st, e) << " (" << c.name << ")";
+            }
+        EXPECT_EQ(out.n, 12345u) << c.name;
+    }
+    // A good file followed by a bad one: nothing is kept.
+    const std::string good = write("good.bin", cifar_file({1}, 0));
+    const std::string bad = write("bad_label.bin", cifar_file({11}, 0));
+    const char* both[2] = {good.c_str(), bad.c_str()};
+    nn::Status st = nn::load_cifar10_files(both, 2, &out);
+    ASSERT_FALSE(st.ok());
+    EXPECT_MSG_HAS(st, "label 11");
+    EXPECT_EQ(out.n, 12345u);
+    // A missing batch names the file.
+    st = nn::load_cifar10(dir.c_str(), &out, nullptr);
+    ASSERT_FALSE(st.ok());
+    EXPECT_MSG_HAS(st, "data_batch_1.bin");
+    EXPECT_EQ(out.n, 12345u);
+}
+
+TEST(DataNormalization, ChannelStatisticsMatchADoubleReference) {
+    // 3 samples of (2, 2, 3): channel statistics over 3 * 6 values each.
+    nn::Dataset d;
+    d.sample = nn::make_shape({2, 2, 3});
+    d.n = 3;
+    d.num_classes = 2;
+    d.labels = {0, 1, 0};
+    d.scale = 1.0f / 255;
+    for (int i = 0; i < 36; ++i) d.u8.push_back((uint8_t)((i * 37 + 11) % 256));
+    nn::fit_channel_normalization(d, d);
+    ASSERT_EQ(d.mean.size(), 12u);
+    for (int c = 0; c < 2; ++c) {
+        double sum = 0, sq = 0;
+        for (int i = 0; i < 3; ++i)
+            for (int k = 0; k < 6; ++k) sum += d.u8[i * 12 + c * 6 + k] / 255.0;
+        const double mean = sum / 18;
+        for (int i = 0; i < 3; ++i)
+            for (int k = 0; k < 6; ++k) sq += (d.u8[i * 12 + c * 6 + k] / 255.0 - mean) * (d.u8[i * 12 + c * 6 + k] / 255.0 - mean);
+        const double sd = std::sqrt(sq / 18);
+        for (int k = 0; k < 6; ++k) {
+            EXPECT_NEAR(d.mean[c * 6 + k], mean, 1e-6) << "channel " << c;
+            EXPECT_NEAR(d.inv_std[c * 6 + k], 1.0 / sd, 1e-5 / sd) << "channel " << c;
+        }
+    }
+    // gather then gives each channel mean 0 and variance 1 over the set.
+    const uint32_t idx[3] = {0, 1, 2};
+    std::vector<float> x(36);
+    nn::gather(d, idx, 3, x.data(), nullptr, nullptr);
+    for (int c = 0; c < 2; ++c) {
+        double sum = 0, sq = 0;
+        for (int i = 0; i < 3; ++i)
+            for (int k = 0; k < 6; ++k) sum += x[i * 12 + c * 6 + k], sq += (double)x[i * 12 + c * 6 + k] * x[i * 12 + c * 6 + k];
+        EXPECT_NEAR(sum / 18, 0.0, 1e-5);
+        EXPECT_NEAR(sq / 18, 1.0, 1e-4);
+    }
+}
+
 }  // namespace
