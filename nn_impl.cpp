@@ -12,6 +12,9 @@
 #include "kernels/activation.hpp"
 #include "kernels/loss.hpp"
 #include "kernels/optim.hpp"
+#include "kernels/conv.hpp"
+#include "kernels/pool.hpp"
+#include "kernels/norm.hpp"
 
 #include <cctype>
 #include <cerrno>

@@ -1,0 +1,664 @@
+// kernels/conv.hpp — 2-D convolution (cross-correlation, as PyTorch's Conv2d).
+//
+//   y[n, co, oh, ow] = bias[co] + sum_{ci < C_in/groups, kh < KH, kw < KW}
+//       w[co, ci, kh, kw] * x[n, gi * C_in/groups + ci, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
+//   with gi = co / (C_out/groups) the group of co, and x = 0 outside the image
+//   (zero padding).
+//
+// Layouts follow PyTorch: x is (N, C_in, H, W), y is (N, C_out, OH, OW),
+// w is (C_out, C_in/groups, KH, KW), bias is (C_out) or null. Conv2dGeom holds
+// the numbers; conv2d_geom_init fills OH, OW and rejects what PyTorch rejects.
+//
+// Gradients (conv2d_backward): dw and db *accumulate* (+=), as every parameter
+// gradient in nn; dx is *written* (zeroed, then summed into), as layers write
+// input gradients. Any of dx, dw, db may be null: that part is skipped.
+//
+// Two algorithms, one contract:
+//   1. im2col + GEMM (conv2d_forward_gemm / conv2d_backward_gemm), for any
+//      geometry. Per sample and group, the receptive fields are unrolled into
+//      col, (K = C_in/groups * KH * KW) x (P = OH * OW), in caller scratch, and
+//        Y[g]   (C_out/g x P) =  W[g] (C_out/g x K) * col              forward
+//        dW[g] (C_out/g x K) += dY[g] (C_out/g x P) * col^T            backward
+//        dcol   (K x P)       =  W[g]^T * dY[g], then col2im into dx   backward
+//      This orientation makes Y[g] the NCHW output slab itself (no transpose)
+//      and lets the GEMM read W and col in place. The GEMM's bias is per
+//      *column*, the convolution's per *row* (channel): it is added by the
+//      GEMM epilogue's tile_fn (conv_add_row_bias), to each finished tile
+//      while it is still in L1, instead of an extra pass over Y. A 1x1
+//      convolution with stride 1 and no padding needs no im2col: col is the
+//      input slab itself (and dx the dcol), so it takes no scratch.
+//   2. direct depthwise (conv2d_depthwise_forward / _backward), when every
+//      group has one input channel (groups == C_in, C_out = multiplier * C_in;
+//      C_in = 1 counts). A GEMM with M = multiplier rows (usually 1) and
+//      K = KH * KW runs at a fraction of its peak, and im2col writes KH * KW
+//      copies of the input for it. The direct kernel reads the input in place
+//      and is vectorised along the output width (stride 1): a block of 4
+//      output rows x one vector of columns stays in registers over all KH * KW
+//      taps (4 independent FMA chains, one broadcast of the weight per tap).
+//      Rows with taps in the padding run one at a time over their inside taps
+//      only; columns with taps in the padding are summed one value at a time
+//      with bounds checks (conv_dw_point). With sw > 1, and in the plain
+//      build, every column takes the plain loop (still no im2col: depthwise
+//      3x3 stride 2 is 6.3 ms direct vs 7.9 ms GEMM below).
+//
+// Which path conv2d_forward / conv2d_backward take (conv2d_use_direct): the
+// direct kernel when groups == C_in and C_out <= 2 * C_in (depthwise with a
+// channel multiplier of 1 or 2), else im2col + GEMM. Measured with
+// -O2 -march=native on this AVX-512 machine (1 thread, batch 32, best of 7,
+// ms per batch, forward + backward):
+//     depthwise 64 ch, 3x3 pad 1, 28x28:         direct  6.9, GEMM 18.2
+//     depthwise 64 ch, 3x3 stride 2 pad 1, 28x28: direct  6.3, GEMM  7.9
+//     depthwise 32 ch, 5x5 pad 2, 14x14:         direct  4.0, GEMM  8.3
+//     16 -> 32 (multiplier 2), 3x3 pad 1, 28x28: direct  3.3, GEMM  4.8
+//     16 -> 64 (multiplier 4), 3x3 pad 1, 28x28: direct  6.4, GEMM  6.3
+//     16 -> 64 (multiplier 4), 5x5 pad 2, 28x28: direct 18.0, GEMM 12.9
+//      1 ->  6, 5x5 pad 2, 28x28 (LeNet conv1):   direct  1.6, GEMM  0.87
+//      1 -> 32, 5x5 pad 2, 28x28 (ConvNet conv1): direct  8.9, GEMM  1.5
+// Past two output channels per input channel the GEMM's register tiles win:
+// they reuse each loaded input value across MR output channels, the direct
+// kernel across one (and its backward, scatter-add for dx and one dot
+// product per tap for dw, is 2.5-3x its forward).
+//
+// Scratch: conv2d_scratch_floats(g) floats for col (0 for the direct path and
+// pointwise convolutions) and conv2d_pack_floats(g) floats of GEMM packing
+// space, 64-byte aligned (the largest gemm_pack_floats of the three GEMM
+// shapes). Nothing here allocates.
+//
+// conv2d_forward_ref / conv2d_backward_ref are the plain 7-loop definitions,
+// the reference for the tests.
+#pragma once
+
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "gemm.hpp"
+#include "simd.hpp"
+#include "vmath.hpp"
+
+namespace nn {
+
+// ---------------------------------------------------------------------------
+// Geometry
+// ---------------------------------------------------------------------------
+// Fill every field but OH, OW and call conv2d_geom_init, which computes them.
+struct Conv2dGeom {
+    int N, C_in, H, W;  // input (N, C_in, H, W)
+    int C_out, KH, KW;  // weights (C_out, C_in / groups, KH, KW)
+    int sh, sw;         // stride
+    int ph, pw;         // zero padding on each side
+    int dh, dw;         // dilation (1: taps side by side)
+    int groups;         // C_in and C_out are divisible by groups
+    int OH, OW;         // output (N, C_out, OH, OW), set by conv2d_geom_init
+};
+
+// OH = (H + 2 ph - dh (KH - 1) - 1) / sh + 1 and likewise OW, as PyTorch.
+// Returns false (OH = OW = 0) when a size, stride or dilation is < 1, a
+// padding < 0, a channel count is not divisible by groups, the dilated
+// kernel is larger than the padded input, or a per-sample size (input,
+// output, weights, col) does not fit in an int (the GEMM's dimensions are
+// ints). The caller reports the numbers.
+inline bool conv2d_geom_init(Conv2dGeom& g) {
+    g.OH = g.OW = 0;
+    if (g.N < 1 || g.C_in < 1 || g.H < 1 || g.W < 1 || g.C_out < 1 || g.KH < 1 || g.KW < 1) return false;
+    if (g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 || g.ph < 0 || g.pw < 0 || g.groups < 1) return false;
+    if (g.C_in % g.groups != 0 || g.C_out % g.groups != 0) return false;
+    const long long eff_h = (long long)g.dh * (g.KH - 1) + 1, eff_w = (long long)g.dw * (g.KW - 1) + 1;
+    const long long span_h = (long long)g.H + 2LL * g.ph, span_w = (long long)g.W + 2LL * g.pw;
+    if (eff_h > span_h || eff_w > span_w) return false;
+    const long long oh = (span_h - eff_h) / g.sh + 1, ow = (span_w - eff_w) / g.sw + 1;
+    const long long k = (long long)(g.C_in / g.groups) * g.KH * g.KW;
+    const long long in = (long long)g.C_in * g.H * g.W, out = (long long)g.C_out * oh * ow;
+    // Each factor is < 2^31, so every product of two fits in 63 bits; check
+    // the running product before the third factor.
+    if (oh * ow > INT_MAX || k > INT_MAX || in > INT_MAX || out > INT_MAX) return false;
+    if (k * oh * ow > INT_MAX || (long long)g.C_out * k > INT_MAX) return false;
+    if ((in > out ? in : out) > (long long)(PTRDIFF_MAX / (ptrdiff_t)sizeof(float)) / g.N) return false;
+    g.OH = (int)oh;
+    g.OW = (int)ow;
+    return true;
+}
+
+// The path conv2d_forward / conv2d_backward take; see the top of this file.
+inline bool conv2d_is_depthwise(const Conv2dGeom& g) { return g.groups == g.C_in; }
+inline bool conv2d_use_direct(const Conv2dGeom& g) {
+    return conv2d_is_depthwise(g) && g.C_out <= 2 * g.C_in;
+}
+// A 1x1 convolution, stride 1, no padding: col would be a copy of the input.
+inline bool conv2d_is_pointwise(const Conv2dGeom& g) {
+    return g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+}
+
+// Scratch of the GEMM path: one col matrix (K x P), reused for dcol.
+inline size_t conv2d_gemm_scratch_floats(const Conv2dGeom& g) {
+    if (conv2d_is_pointwise(g)) return 0;
+    return (size_t)(g.C_in / g.groups) * g.KH * g.KW * (size_t)g.OH * g.OW;
+}
+// Packing of the GEMM path: forward (C_out/g x P x K), dW (C_out/g x K x P)
+// and dcol (K x P x C_out/g), the largest.
+inline size_t conv2d_gemm_pack_floats(const Conv2dGeom& g) {
+    const int cog = g.C_out / g.groups, k = (g.C_in / g.groups) * g.KH * g.KW, p = g.OH * g.OW;
+    size_t m = gemm_pack_floats(cog, p, k);
+    const size_t dw = gemm_pack_floats(cog, k, p), dcol = gemm_pack_floats(k, p, cog);
+    if (dw > m) m = dw;
+    if (dcol > m) m = dcol;
+    return m;
+}
+inline size_t conv2d_scratch_floats(const Conv2dGeom& g) {
+    return conv2d_use_direct(g) ? 0 : conv2d_gemm_scratch_floats(g);
+}
+inline size_t conv2d_pack_floats(const Conv2dGeom& g) {
+    return conv2d_use_direct(g) ? 0 : conv2d_gemm_pack_floats(g);
+}
+
+// ---------------------------------------------------------------------------
+// Helpers: tap ranges, sums
+// ---------------------------------------------------------------------------
+// floor(a / b) and ceil(a / b) for b > 0 and any sign of a.
+inline int conv_floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int conv_ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+// Outputs o in [lo, hi) whose input i = o * stride + off lies in [0, in):
+// one tap's valid outputs along one axis (off = k * dilation - pad).
+struct ConvRange {
+    int lo, hi;
+};
+inline ConvRange conv_tap_range(int off, int stride, int in, int out) {
+    int lo = conv_ceil_div(-off, stride), hi = conv_floor_div(in - 1 - off, stride) + 1;
+    if (lo < 0) lo = 0;
+    if (lo > out) lo = out;
+    if (hi > out) hi = out;
+    if (hi < lo) hi = lo;
+    return {lo, hi};
+}
+
+// sum of x[0 .. n): float lanes for at most simd::kSumVectors vectors, then
+// into a double (each lane adds at most 16 terms before that).
+inline double conv_sum_f32(const float* x, int n) {
+    double total = 0.0;
+    int i = 0;
+#if NN_SIMD
+    const int chunk = (int)simd::kSumVectors * simd::kWidth;
+    // i: chunks of kSumVectors vectors, each summed in lanes then added to total.
+    for (; i + simd::kWidth <= n;) {
+        const int end = n - i < chunk ? i + (n - i) / simd::kWidth * simd::kWidth : i + chunk;
+        simd::vf acc(0.f);
+        for (; i < end; i += simd::kWidth) acc += simd::vf::load_unaligned(x + i);
+        total += simd::hsum(acc);
+    }
+#endif
+    for (; i < n; ++i) total += x[i];  // the tail (all of x in the plain build)
+    return total;
+}
+
+// The GEMM epilogue's per-row bias: tile_fn gets a finished mr x nr tile of
+// C at c; its first row is (c - c0) / ldc, as the tile's column offset is
+// below ldc.
+struct ConvRowBias {
+    const float* c0;    // C(0, 0)
+    const float* bias;  // one per row of C
+};
+inline void conv_add_row_bias(float* c, int ldc, int mr, int nr, const void* ctx) {
+    const ConvRowBias* rb = static_cast<const ConvRowBias*>(ctx);
+    const int i0 = (int)((c - rb->c0) / ldc);
+    // M: rows of the tile, each its own channel's bias.
+    for (int i = 0; i < mr; ++i) {
+        float* ci = c + (ptrdiff_t)i * ldc;
+        const float b = rb->bias[i0 + i];
+        int j = 0;
+#if NN_SIMD
+        const simd::vf vb(b);
+        for (; j + simd::kWidth <= nr; j += simd::kWidth)  // N: one vector per step
+            (simd::vf::load_unaligned(ci + j) + vb).store_unaligned(ci + j);
+#endif
+        for (; j < nr; ++j) ci[j] += b;  // N: the tail
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. im2col + GEMM
+// ---------------------------------------------------------------------------
+// x is one sample's group slab (C_in/groups, H, W); col is
+// (C_in/groups * KH * KW, OH * OW): row (c, kh, kw), column (oh, ow) holds
+// x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw], 0 in the padding.
+inline void conv2d_im2col(float* col, const float* x, const Conv2dGeom& g) {
+    const int cig = g.C_in / g.groups, P = g.OH * g.OW;
+    float* row = col;
+    // C, KH, KW: one row of col per (channel, tap).
+    for (int c = 0; c < cig; ++c) {
+        const float* xc = x + (ptrdiff_t)c * g.H * g.W;
+        for (int kh = 0; kh < g.KH; ++kh) {
+            const ConvRange rh = conv_tap_range(kh * g.dh - g.ph, g.sh, g.H, g.OH);
+            for (int kw = 0; kw < g.KW; ++kw, row += P) {
+                const int off_w = kw * g.dw - g.pw;
+                const ConvRange rw = conv_tap_range(off_w, g.sw, g.W, g.OW);
+                // OH: output rows; those whose input row is padding are zeros.
+                for (int oh = 0; oh < g.OH; ++oh) {
+                    float* out = row + (ptrdiff_t)oh * g.OW;
+                    if (oh < rh.lo || oh >= rh.hi || rw.lo == rw.hi) {
+                        std::memset(out, 0, sizeof(float) * g.OW);
+                        continue;
+                    }
+                    const float* xr = xc + (ptrdiff_t)(oh * g.sh + kh * g.dh - g.ph) * g.W;
+                    // OW: left padding, the valid run, right padding.
+                    for (int ow = 0; ow < rw.lo; ++ow) out[ow] = 0.f;
+                    if (g.sw == 1)
+                        std::memcpy(out + rw.lo, xr + rw.lo + off_w, sizeof(float) * (rw.hi - rw.lo));
+                    else
+                        for (int ow = rw.lo; ow < rw.hi; ++ow) out[ow] = xr[ow * g.sw + off_w];
+                    for (int ow = rw.hi; ow < g.OW; ++ow) out[ow] = 0.f;
+                }
+            }
+        }
+    }
+}
+
+// The adjoint of im2col: dx (C_in/groups, H, W) += every entry of dcol at the
+// input position it was copied from (padding entries are dropped).
+inline void conv2d_col2im(float* dx, const float* dcol, const Conv2dGeom& g) {
+    const int cig = g.C_in / g.groups, P = g.OH * g.OW;
+    const float* row = dcol;
+    // C, KH, KW: one row of dcol per (channel, tap).
+    for (int c = 0; c < cig; ++c) {
+        float* dxc = dx + (ptrdiff_t)c * g.H * g.W;
+        for (int kh = 0; kh < g.KH; ++kh) {
+            const ConvRange rh = conv_tap_range(kh * g.dh - g.ph, g.sh, g.H, g.OH);
+            for (int kw = 0; kw < g.KW; ++kw, row += P) {
+                const int off_w = kw * g.dw - g.pw;
+                const ConvRange rw = conv_tap_range(off_w, g.sw, g.W, g.OW);
+                // OH, OW: only the valid runs reach dx.
+                for (int oh = rh.lo; oh < rh.hi; ++oh) {
+                    const float* in = row + (ptrdiff_t)oh * g.OW;
+                    float* dr = dxc + (ptrdiff_t)(oh * g.sh + kh * g.dh - g.ph) * g.W + off_w;
+                    if (g.sw == 1)
+                        for (int ow = rw.lo; ow < rw.hi; ++ow) dr[ow] += in[ow];
+                    else
+                        for (int ow = rw.lo; ow < rw.hi; ++ow) dr[ow * g.sw] += in[ow];
+                }
+            }
+        }
+    }
+}
+
+// y is (N, C_out, OH, OW), x (N, C_in, H, W), w (C_out, C_in/groups, KH, KW),
+// bias (C_out) or null. scratch: conv2d_gemm_scratch_floats(g) floats;
+// pack: conv2d_gemm_pack_floats(g) floats, 64-byte aligned. y is written.
+inline void conv2d_forward_gemm(float* y, const float* x, const float* w, const float* bias,
+                                const Conv2dGeom& g, float* scratch, float* pack) {
+    const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
+    const int K = cig * g.KH * g.KW, P = g.OH * g.OW, HW = g.H * g.W;
+    const bool pointwise = conv2d_is_pointwise(g);
+    // N: samples; groups: one GEMM each.
+    for (int n = 0; n < g.N; ++n) {
+        for (int gi = 0; gi < g.groups; ++gi) {
+            const float* xg = x + ((ptrdiff_t)n * g.C_in + (ptrdiff_t)gi * cig) * HW;
+            float* yg = y + ((ptrdiff_t)n * g.C_out + (ptrdiff_t)gi * cog) * P;
+            const float* wg = w + (ptrdiff_t)gi * cog * K;
+            const float* col = xg;  // pointwise: the input slab is col, (C_in/g) x (H*W)
+            if (!pointwise) {
+                conv2d_im2col(scratch, xg, g);
+                col = scratch;
+            }
+            ConvRowBias rb{yg, bias ? bias + (ptrdiff_t)gi * cog : nullptr};
+            GemmEpilogue ep;
+            if (bias) {
+                ep.tile_fn = conv_add_row_bias;
+                ep.tile_ctx = &rb;
+            }
+            // Y[g] (cog x P) = W[g] (cog x K) * col (K x P)
+            gemm_f32_fused(yg, P, wg, K, false, col, P, false, ep, 1.f, 0.f, pack, cog, P, K);
+        }
+    }
+}
+
+// dy is (N, C_out, OH, OW); x and w as in the forward pass. dw (like w) and
+// db (C_out) accumulate, dx (like x) is written; null ones are skipped.
+// scratch and pack as conv2d_forward_gemm.
+inline void conv2d_backward_gemm(float* dx, float* dw, float* db, const float* dy, const float* x,
+                                 const float* w, const Conv2dGeom& g, float* scratch, float* pack) {
+    const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
+    const int K = cig * g.KH * g.KW, P = g.OH * g.OW, HW = g.H * g.W;
+    const bool pointwise = conv2d_is_pointwise(g);
+    // N: samples; groups: the three products of the group.
+    for (int n = 0; n < g.N; ++n) {
+        for (int gi = 0; gi < g.groups; ++gi) {
+            const float* xg = x + ((ptrdiff_t)n * g.C_in + (ptrdiff_t)gi * cig) * HW;
+            const float* dyg = dy + ((ptrdiff_t)n * g.C_out + (ptrdiff_t)gi * cog) * P;
+            const float* wg = w + (ptrdiff_t)gi * cog * K;
+            if (db)  // db[co] += sum of dY's row co
+                for (int co = 0; co < cog; ++co)
+                    db[gi * cog + co] += (float)conv_sum_f32(dyg + (ptrdiff_t)co * P, P);
+            if (dw) {  // dW[g] (cog x K) += dY[g] (cog x P) * col^T (P x K)
+                const float* col = xg;
+                if (!pointwise) {
+                    conv2d_im2col(scratch, xg, g);
+                    col = scratch;
+                }
+                gemm_f32(dw + (ptrdiff_t)gi * cog * K, K, dyg, P, false, col, P, true, nullptr, 1.f,
+                         1.f, pack, cog, K, P);
+            }
+            if (dx) {  // dcol (K x P) = W[g]^T (K x cog) * dY[g] (cog x P), then col2im
+                float* dxg = dx + ((ptrdiff_t)n * g.C_in + (ptrdiff_t)gi * cig) * HW;
+                if (pointwise) {  // dcol is dx's slab: write it directly
+                    gemm_f32(dxg, HW, wg, K, true, dyg, P, false, nullptr, 1.f, 0.f, pack, K, P, cog);
+                } else {  // col is no longer needed: dcol reuses its scratch
+                    gemm_f32(scratch, P, wg, K, true, dyg, P, false, nullptr, 1.f, 0.f, pack, K, P, cog);
+                    std::memset(dxg, 0, sizeof(float) * (size_t)cig * HW);
+                    conv2d_col2im(dxg, scratch, g);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Direct depthwise (groups == C_in, C_out = mult * C_in)
+// ---------------------------------------------------------------------------
+// Output channel co reads input channel co / mult through its own KH x KW
+// filter w[co]. The plane kernels below work on one (co, ci) pair: xc is
+// (H, W), wc (KH, KW), yc / dyc (OH, OW).
+
+// One output value with bounds checks: the padding edges, and the plain path.
+inline float conv_dw_point(const float* xc, const float* wc, float b, const Conv2dGeom& g, int oh,
+                           int ow) {
+    float acc = b;
+    // KH, KW: the taps that land inside the image.
+    for (int kh = 0; kh < g.KH; ++kh) {
+        const int ih = oh * g.sh - g.ph + kh * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        const float* xr = xc + (ptrdiff_t)ih * g.W;
+        const float* wr = wc + kh * g.KW;
+        for (int kw = 0; kw < g.KW; ++kw) {
+            const int iw = ow * g.sw - g.pw + kw * g.dw;
+            if (iw >= 0 && iw < g.W) acc += wr[kw] * xr[iw];
+        }
+    }
+    return acc;
+}
+
+#if NN_SIMD
+// R output rows (oh, oh + 1, ...) x one vector of columns starting at ow,
+// all of whose taps kh in [kh0, kh1), kw < KW are inside the image
+// (n = kWidth lanes when FULL, else the first n). The R accumulators are
+// independent FMA chains; each tap's weight is broadcast once for all R.
+template <int R, bool FULL>
+static inline void conv_dw_rows_vec(float* yc, const float* xc, const float* wc, float b,
+                                    const Conv2dGeom& g, int oh, int ow, int kh0, int kh1, int n) {
+    using simd::vf;
+    vf acc[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r] = vf(b);
+    const ptrdiff_t row_step = (ptrdiff_t)g.sh * g.W;  // input rows between output rows
+    // KH: input row of output row oh for tap kh (inside the image by contract).
+    for (int kh = kh0; kh < kh1; ++kh) {
+        const float* xk = xc + (ptrdiff_t)(oh * g.sh - g.ph + kh * g.dh) * g.W + (ow - g.pw);
+        const float* wk = wc + kh * g.KW;
+        // KW: one broadcast weight, R vectors of inputs.
+        for (int kw = 0; kw < g.KW; ++kw) {
+            const vf wv(wk[kw]);
+            const float* xkw = xk + kw * g.dw;
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                const vf xv = FULL ? vf::load_unaligned(xkw + r * row_step)
+                                   : simd::load_partial(xkw + r * row_step, (size_t)n, 0.f);
+                acc[r] = xsimd::fma(wv, xv, acc[r]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+        float* yr = yc + (ptrdiff_t)(oh + r) * g.OW + ow;
+        if (FULL)
+            acc[r].store_unaligned(yr);
+        else
+            simd::store_partial(yr, acc[r], (size_t)n);
+    }
+}
+
+// R rows from oh, columns [lo, hi) (all taps of kh in [kh0, kh1) inside).
+template <int R>
+static inline void conv_dw_rows_span(float* yc, const float* xc, const float* wc, float b,
+                                     const Conv2dGeom& g, int oh, int lo, int hi, int kh0, int kh1) {
+    int ow = lo;
+    // OW: one vector of columns per step, then a partial one.
+    for (; ow + simd::kWidth <= hi; ow += simd::kWidth)
+        conv_dw_rows_vec<R, true>(yc, xc, wc, b, g, oh, ow, kh0, kh1, simd::kWidth);
+    if (ow < hi) conv_dw_rows_vec<R, false>(yc, xc, wc, b, g, oh, ow, kh0, kh1, hi - ow);
+}
+#endif
+
+// One plane: yc (OH, OW) = bias + xc (H, W) correlated with wc (KH, KW).
+inline void conv_dw_plane_forward(float* yc, const float* xc, const float* wc, float b,
+                                  const Conv2dGeom& g) {
+    // Interior: outputs all of whose taps are inside the image. Tap ranges
+    // shrink from the first tap's lower bound to the last tap's upper bound.
+    const ConvRange rh0 = conv_tap_range(-g.ph, g.sh, g.H, g.OH);
+    const ConvRange rh1 = conv_tap_range((g.KH - 1) * g.dh - g.ph, g.sh, g.H, g.OH);
+    const ConvRange rw0 = conv_tap_range(-g.pw, g.sw, g.W, g.OW);
+    const ConvRange rw1 = conv_tap_range((g.KW - 1) * g.dw - g.pw, g.sw, g.W, g.OW);
+    const int oh_lo = rh0.lo, oh_hi = rh1.hi > oh_lo ? rh1.hi : oh_lo;
+    const int ow_lo = rw0.lo, ow_hi = rw1.hi > ow_lo ? rw1.hi : ow_lo;
+    // OH: one output row per step (four in the vector interior).
+    for (int oh = 0; oh < g.OH;) {
+        float* yr = yc + (ptrdiff_t)oh * g.OW;
+#if NN_SIMD
+        if (g.sw == 1 && ow_lo < ow_hi) {
+            // The taps kh inside the image for this row: all in the interior.
+            const ConvRange kr = conv_tap_range(oh * g.sh - g.ph, g.dh, g.H, g.KH);
+            const int rows = oh >= oh_lo && oh + 4 <= oh_hi ? 4 : 1;
+            // OW: bounds-checked edges, vector interior.
+            for (int r = 0; r < rows; ++r) {
+                float* y2 = yr + (ptrdiff_t)r * g.OW;
+                for (int ow = 0; ow < ow_lo; ++ow) y2[ow] = conv_dw_point(xc, wc, b, g, oh + r, ow);
+                for (int ow = ow_hi; ow < g.OW; ++ow) y2[ow] = conv_dw_point(xc, wc, b, g, oh + r, ow);
+            }
+            if (rows == 4)
+                conv_dw_rows_span<4>(yc, xc, wc, b, g, oh, ow_lo, ow_hi, 0, g.KH);
+            else
+                conv_dw_rows_span<1>(yc, xc, wc, b, g, oh, ow_lo, ow_hi, kr.lo, kr.hi);
+            oh += rows;
+            continue;
+        }
+#endif
+        // The plain row: interior rows and columns without bounds checks.
+        if (oh >= oh_lo && oh < oh_hi) {
+            for (int ow = 0; ow < ow_lo; ++ow) yr[ow] = conv_dw_point(xc, wc, b, g, oh, ow);
+            for (int ow = ow_lo; ow < ow_hi; ++ow) {  // OW: interior columns
+                float acc = b;
+                for (int kh = 0; kh < g.KH; ++kh) {  // KH, KW: every tap
+                    const float* xr = xc + (ptrdiff_t)(oh * g.sh - g.ph + kh * g.dh) * g.W +
+                                      (ow * g.sw - g.pw);
+                    const float* wr = wc + kh * g.KW;
+                    for (int kw = 0; kw < g.KW; ++kw) acc += wr[kw] * xr[kw * g.dw];
+                }
+                yr[ow] = acc;
+            }
+            for (int ow = ow_hi; ow < g.OW; ++ow) yr[ow] = conv_dw_point(xc, wc, b, g, oh, ow);
+        } else {
+            for (int ow = 0; ow < g.OW; ++ow) yr[ow] = conv_dw_point(xc, wc, b, g, oh, ow);
+        }
+        ++oh;
+    }
+}
+
+// y, x, w, bias as conv2d_forward_gemm; requires groups == C_in. y is written.
+inline void conv2d_depthwise_forward(float* y, const float* x, const float* w, const float* bias,
+                                     const Conv2dGeom& g) {
+    const int mult = g.C_out / g.C_in, P = g.OH * g.OW, HW = g.H * g.W, KK = g.KH * g.KW;
+    // N, C_out: one plane per (sample, output channel).
+    for (int n = 0; n < g.N; ++n)
+        for (int co = 0; co < g.C_out; ++co)
+            conv_dw_plane_forward(y + ((ptrdiff_t)n * g.C_out + co) * P,
+                                  x + ((ptrdiff_t)n * g.C_in + co / mult) * HW,
+                                  w + (ptrdiff_t)co * KK, bias ? bias[co] : 0.f, g);
+}
+
+// sum over outputs (oh, ow) whose tap (kh, kw) is inside the image of
+// dyc[oh, ow] * xc[oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]: dW of one tap.
+inline float conv_dw_tap_dot(const float* dyc, const float* xc, const Conv2dGeom& g, int kh, int kw) {
+    const int off_h = kh * g.dh - g.ph, off_w = kw * g.dw - g.pw;
+    const ConvRange rh = conv_tap_range(off_h, g.sh, g.H, g.OH);
+    const ConvRange rw = conv_tap_range(off_w, g.sw, g.W, g.OW);
+    float acc = 0.f;
+#if NN_SIMD
+    if (g.sw == 1) {
+        using simd::vf;
+        vf a0(0.f), a1(0.f);  // two chains: alternate vectors of a row
+        // OH: rows whose input row is inside; OW: the valid run in vectors.
+        for (int oh = rh.lo; oh < rh.hi; ++oh) {
+            const float* d = dyc + (ptrdiff_t)oh * g.OW;
+            const float* xr = xc + (ptrdiff_t)(oh * g.sh + off_h) * g.W + off_w;
+            int ow = rw.lo;
+            for (; ow + 2 * simd::kWidth <= rw.hi; ow += 2 * simd::kWidth) {
+                a0 = xsimd::fma(vf::load_unaligned(d + ow), vf::load_unaligned(xr + ow), a0);
+                a1 = xsimd::fma(vf::load_unaligned(d + ow + simd::kWidth),
+                                vf::load_unaligned(xr + ow + simd::kWidth), a1);
+            }
+            for (; ow + simd::kWidth <= rw.hi; ow += simd::kWidth)
+                a0 = xsimd::fma(vf::load_unaligned(d + ow), vf::load_unaligned(xr + ow), a0);
+            if (ow < rw.hi) {
+                const size_t m = (size_t)(rw.hi - ow);
+                a1 = xsimd::fma(simd::load_partial(d + ow, m, 0.f), simd::load_partial(xr + ow, m, 0.f), a1);
+            }
+        }
+        return simd::hsum(a0 + a1);
+    }
+#endif
+    // OH, OW: the plain loop over the valid outputs.
+    for (int oh = rh.lo; oh < rh.hi; ++oh) {
+        const float* d = dyc + (ptrdiff_t)oh * g.OW;
+        const float* xr = xc + (ptrdiff_t)(oh * g.sh + off_h) * g.W + off_w;
+        for (int ow = rw.lo; ow < rw.hi; ++ow) acc += d[ow] * xr[ow * g.sw];
+    }
+    return acc;
+}
+
+// dxc[oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] += wt * dyc[oh, ow] over the
+// outputs whose tap (kh, kw) is inside the image: dx of one tap.
+inline void conv_dw_tap_axpy(float* dxc, float wt, const float* dyc, const Conv2dGeom& g, int kh, int kw) {
+    const int off_h = kh * g.dh - g.ph, off_w = kw * g.dw - g.pw;
+    const ConvRange rh = conv_tap_range(off_h, g.sh, g.H, g.OH);
+    const ConvRange rw = conv_tap_range(off_w, g.sw, g.W, g.OW);
+    // OH: rows whose input row is inside; OW: the valid run.
+    for (int oh = rh.lo; oh < rh.hi; ++oh) {
+        const float* d = dyc + (ptrdiff_t)oh * g.OW;
+        float* xr = dxc + (ptrdiff_t)(oh * g.sh + off_h) * g.W + off_w;
+        int ow = rw.lo;
+#if NN_SIMD
+        if (g.sw == 1) {
+            using simd::vf;
+            const vf wv(wt);
+            for (; ow + simd::kWidth <= rw.hi; ow += simd::kWidth)
+                xsimd::fma(wv, vf::load_unaligned(d + ow), vf::load_unaligned(xr + ow))
+                    .store_unaligned(xr + ow);
+            if (ow < rw.hi) {
+                const size_t m = (size_t)(rw.hi - ow);
+                simd::store_partial(xr + ow, xsimd::fma(wv, simd::load_partial(d + ow, m, 0.f),
+                                                        simd::load_partial(xr + ow, m, 0.f)), m);
+                ow = rw.hi;
+            }
+        }
+#endif
+        for (; ow < rw.hi; ++ow) xr[ow * g.sw] += wt * d[ow];
+    }
+}
+
+// As conv2d_backward_gemm (dw, db accumulate, dx is written, null ones are
+// skipped); requires groups == C_in.
+inline void conv2d_depthwise_backward(float* dx, float* dw, float* db, const float* dy,
+                                      const float* x, const float* w, const Conv2dGeom& g) {
+    const int mult = g.C_out / g.C_in, P = g.OH * g.OW, HW = g.H * g.W, KK = g.KH * g.KW;
+    // N: samples.
+    for (int n = 0; n < g.N; ++n) {
+        if (dx) std::memset(dx + (ptrdiff_t)n * g.C_in * HW, 0, sizeof(float) * (size_t)g.C_in * HW);
+        // C_out: one plane of dy; its input channel is co / mult.
+        for (int co = 0; co < g.C_out; ++co) {
+            const float* dyc = dy + ((ptrdiff_t)n * g.C_out + co) * P;
+            const ptrdiff_t xoff = ((ptrdiff_t)n * g.C_in + co / mult) * HW;
+            if (db) db[co] += (float)conv_sum_f32(dyc, P);
+            // KH, KW: one tap per step.
+            for (int kh = 0; kh < g.KH; ++kh) {
+                for (int kw = 0; kw < g.KW; ++kw) {
+                    const ptrdiff_t t = (ptrdiff_t)co * KK + kh * g.KW + kw;
+                    if (dw) dw[t] += conv_dw_tap_dot(dyc, x + xoff, g, kh, kw);
+                    if (dx) conv_dw_tap_axpy(dx + xoff, w[t], dyc, g, kh, kw);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The entry points: the path of conv2d_use_direct
+// ---------------------------------------------------------------------------
+// scratch: conv2d_scratch_floats(g) floats; pack: conv2d_pack_floats(g)
+// floats, 64-byte aligned (both may be null when those are 0).
+inline void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
+                           const Conv2dGeom& g, float* scratch, float* pack) {
+    if (conv2d_use_direct(g))
+        conv2d_depthwise_forward(y, x, w, bias, g);
+    else
+        conv2d_forward_gemm(y, x, w, bias, g, scratch, pack);
+}
+inline void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
+                            const float* w, const Conv2dGeom& g, float* scratch, float* pack) {
+    if (conv2d_use_direct(g))
+        conv2d_depthwise_backward(dx, dw, db, dy, x, w, g);
+    else
+        conv2d_backward_gemm(dx, dw, db, dy, x, w, g, scratch, pack);
+}
+
+// ---------------------------------------------------------------------------
+// The reference: the plain 7-loop definition, in float
+// ---------------------------------------------------------------------------
+inline void conv2d_forward_ref(float* y, const float* x, const float* w, const float* bias,
+                               const Conv2dGeom& g) {
+    const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
+    for (int n = 0; n < g.N; ++n)                  // N: samples
+        for (int co = 0; co < g.C_out; ++co)       // C_out: output channels
+            for (int oh = 0; oh < g.OH; ++oh)      // OH: output rows
+                for (int ow = 0; ow < g.OW; ++ow) {  // OW: output columns
+                    float acc = bias ? bias[co] : 0.f;
+                    const int c0 = co / cog * cig;  // the group's first input channel
+                    for (int ci = 0; ci < cig; ++ci)          // C_in / groups
+                        for (int kh = 0; kh < g.KH; ++kh)     // KH
+                            for (int kw = 0; kw < g.KW; ++kw) {  // KW
+                                const int ih = oh * g.sh - g.ph + kh * g.dh;
+                                const int iw = ow * g.sw - g.pw + kw * g.dw;
+                                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                                acc += w[(((ptrdiff_t)co * cig + ci) * g.KH + kh) * g.KW + kw] *
+                                       x[(((ptrdiff_t)n * g.C_in + c0 + ci) * g.H + ih) * g.W + iw];
+                            }
+                    y[(((ptrdiff_t)n * g.C_out + co) * g.OH + oh) * g.OW + ow] = acc;
+                }
+}
+
+// dx is written (zeroed first), dw and db accumulate; null ones are skipped.
+inline void conv2d_backward_ref(float* dx, float* dw, float* db, const float* dy, const float* x,
+                                const float* w, const Conv2dGeom& g) {
+    const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
+    if (dx) std::memset(dx, 0, sizeof(float) * (size_t)g.N * g.C_in * g.H * g.W);
+    for (int n = 0; n < g.N; ++n)                  // N: samples
+        for (int co = 0; co < g.C_out; ++co)       // C_out: output channels
+            for (int oh = 0; oh < g.OH; ++oh)      // OH: output rows
+                for (int ow = 0; ow < g.OW; ++ow) {  // OW: output columns
+                    const float d = dy[(((ptrdiff_t)n * g.C_out + co) * g.OH + oh) * g.OW + ow];
+                    if (db) db[co] += d;
+                    const int c0 = co / cog * cig;
+                    for (int ci = 0; ci < cig; ++ci)          // C_in / groups
+                        for (int kh = 0; kh < g.KH; ++kh)     // KH
+                            for (int kw = 0; kw < g.KW; ++kw) {  // KW
+                                const int ih = oh * g.sh - g.ph + kh * g.dh;
+                                const int iw = ow * g.sw - g.pw + kw * g.dw;
+                                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                                const ptrdiff_t wi = (((ptrdiff_t)co * cig + ci) * g.KH + kh) * g.KW + kw;
+                                const ptrdiff_t xi =
+                                    (((ptrdiff_t)n * g.C_in + c0 + ci) * g.H + ih) * g.W + iw;
+                                if (dw) dw[wi] += d * x[xi];
+                                if (dx) dx[xi] += d * w[wi];
+                            }
+                }
+}
+
+}  // namespace nn

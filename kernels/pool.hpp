@@ -1,0 +1,257 @@
+// kernels/pool.hpp — 2-D max and average pooling and global average pooling
+// over NCHW tensors, with PyTorch's semantics (floor-mode output size,
+// dilation 1).
+//
+// Geometry: a PoolGeom holds the window (kh, kw), the stride (sh, sw), the
+// padding on each side (ph, pw) and the input plane (h, w);
+// pool2d_geometry fills in the output plane
+//     oh = (h + 2 ph - kh) / sh + 1,   ow = (w + 2 pw - kw) / sw + 1
+// (integer division: floor mode, PyTorch's default ceil_mode=False) and
+// returns false, without touching oh and ow, when PyTorch would refuse the
+// numbers, so the layer can report them. Every kernel below requires a
+// geometry it accepted.
+//
+// Max pooling pads with -inf: padded cells never win. PyTorch requires
+// ph <= kh / 2 and pw <= kw / 2, which keeps at least one real cell in
+// every window (a window starts at -ph > -kh or later, so it ends past row
+// 0, and at h + ph - kh < h or earlier, so it starts before row h).
+// Each output also gets the index of the winning cell inside its input
+// plane, iy * w + ix, as an int32 (what torch's return_indices gives), so
+// backward scatters dy there. The scan runs over the window row by row and
+// takes a cell when it is strictly greater than the maximum so far, or NaN:
+// on ties the first cell in row-major window order wins; a NaN in the window
+// wins (the last NaN, if several), so NaN propagates; a window of -inf
+// reports its first real cell. That is PyTorch's CPU kernel's rule.
+//
+// Average pooling (PyTorch's divisor_override=None): each output is the sum
+// of the window's real cells divided by
+//   count_include_pad = true (PyTorch's default): the number of cells of the
+//       window that lie inside the *padded* input [-ph, h + ph) x [-pw, w + pw),
+//       padding cells included. In floor mode no window reaches past the
+//       padded input (the last starts at (oh - 1) sh - ph <= h + ph - kh), so
+//       the divisor is always kh * kw; the clipping is kept as PyTorch
+//       writes it so the rule stays right if ceil mode is added.
+//   count_include_pad = false: the number of real cells in the window.
+//
+// Backward kernels write dx (zero it, then add each output's share), since
+// windows overlap when the stride is smaller than the window.
+//
+// The pooling windows are a few strided cells, so max and average pooling
+// are plain loops (bounds clipped once per output, not tested per cell).
+// Global average pooling sums whole planes, and is vectorised beside its
+// `_ref` loop.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "simd.hpp"
+#include "vmath.hpp"
+
+namespace nn {
+
+// The geometry of a 2-D pooling over (h, w) planes. Plain data: set the
+// first eight fields, then call pool2d_geometry for oh and ow.
+struct PoolGeom {
+    int kh, kw;  // window rows, columns
+    int sh, sw;  // stride rows, columns
+    int ph, pw;  // padding on each side: rows above and below, columns left and right
+    int h, w;    // input plane
+    int oh, ow;  // output plane, set by pool2d_geometry
+};
+
+// Fills g->oh, g->ow and returns true when the geometry is one PyTorch
+// accepts: window and stride >= 1, 0 <= padding <= window / 2, input plane
+// >= 1 and at least one window that fits the padded input (h + 2 ph >= kh),
+// and h * w small enough for the int32 argmax indices.
+inline bool pool2d_geometry(PoolGeom* g) {
+    if (g->kh < 1 || g->kw < 1 || g->sh < 1 || g->sw < 1) return false;
+    if (g->ph < 0 || g->pw < 0 || g->ph > g->kh / 2 || g->pw > g->kw / 2) return false;
+    if (g->h < 1 || g->w < 1 || (int64_t)g->h * g->w > INT32_MAX) return false;
+    const int64_t ph = (int64_t)g->h + 2 * (int64_t)g->ph - g->kh;  // room the window slides over
+    const int64_t pw = (int64_t)g->w + 2 * (int64_t)g->pw - g->kw;
+    if (ph < 0 || pw < 0) return false;
+    g->oh = (int)(ph / g->sh + 1);
+    g->ow = (int)(pw / g->sw + 1);
+    return true;
+}
+
+// --- Max pooling ---------------------------------------------------------------
+
+// x is (N, C, h, w); y and idx are (N, C, oh, ow). y = the window's maximum,
+// idx = its cell iy * w + ix in the input plane (the rule in the header).
+inline void maxpool2d_forward(float* y, int32_t* idx, const float* x, const PoolGeom& g, size_t N,
+                              size_t C) {
+    const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.oh * g.ow;
+    for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
+        const float* xp = x + p * in_plane;
+        float* yp = y + p * out_plane;
+        int32_t* ip = idx + p * out_plane;
+        for (int oy = 0; oy < g.oh; ++oy) {  // oy: output rows
+            // The window's rows clipped to the input: padded rows hold -inf
+            // and cannot win, so they are skipped.
+            const int y0 = oy * g.sh - g.ph, y1 = y0 + g.kh;
+            const int ya = y0 < 0 ? 0 : y0, yb = y1 > g.h ? g.h : y1;
+            for (int ox = 0; ox < g.ow; ++ox) {  // ox: output columns
+                const int x0 = ox * g.sw - g.pw, x1 = x0 + g.kw;
+                const int xa = x0 < 0 ? 0 : x0, xb = x1 > g.w ? g.w : x1;
+                float m = -INFINITY;
+                int32_t best = ya * g.w + xa;  // a window of -inf reports its first real cell
+                for (int iy = ya; iy < yb; ++iy) {      // iy: window rows
+                    for (int ix = xa; ix < xb; ++ix) {  // ix: window columns
+                        const float v = xp[iy * g.w + ix];
+                        if (v > m || v != v) {  // strictly greater: the first of equal maxima stays; NaN wins
+                            m = v;
+                            best = iy * g.w + ix;
+                        }
+                    }
+                }
+                yp[oy * g.ow + ox] = m;
+                ip[oy * g.ow + ox] = best;
+            }
+        }
+    }
+}
+
+// dy and idx are (N, C, oh, ow); dx is (N, C, h, w), written: each dy goes
+// to the cell its output took the maximum from (summed where overlapping
+// windows chose the same cell).
+inline void maxpool2d_backward(float* dx, const float* dy, const int32_t* idx, const PoolGeom& g,
+                               size_t N, size_t C) {
+    const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.oh * g.ow;
+    for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
+        float* dxp = dx + p * in_plane;
+        const float* dyp = dy + p * out_plane;
+        const int32_t* ip = idx + p * out_plane;
+        for (size_t i = 0; i < in_plane; ++i) dxp[i] = 0.0f;
+        for (size_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];  // o: outputs of the plane
+    }
+}
+
+// --- Average pooling -------------------------------------------------------------
+
+// The divisor of the window starting at (y0, x0) (padded coordinates may be
+// negative): the rule in the header.
+inline int avgpool2d_divisor(const PoolGeom& g, int y0, int x0, bool count_include_pad) {
+    int y1 = y0 + g.kh, x1 = x0 + g.kw;
+    if (count_include_pad) {  // clipped to the padded input
+        const int yend = g.h + g.ph, xend = g.w + g.pw;
+        return ((y1 < yend ? y1 : yend) - y0) * ((x1 < xend ? x1 : xend) - x0);
+    }
+    const int ya = y0 < 0 ? 0 : y0, xa = x0 < 0 ? 0 : x0;  // clipped to the real input
+    y1 = y1 > g.h ? g.h : y1;
+    x1 = x1 > g.w ? g.w : x1;
+    return (y1 - ya) * (x1 - xa);
+}
+
+// x is (N, C, h, w); y is (N, C, oh, ow) = window sum / divisor, the sum
+// in float over at most kh * kw terms (as PyTorch's CPU kernel).
+inline void avgpool2d_forward(float* y, const float* x, const PoolGeom& g, bool count_include_pad,
+                              size_t N, size_t C) {
+    const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.oh * g.ow;
+    for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
+        const float* xp = x + p * in_plane;
+        float* yp = y + p * out_plane;
+        for (int oy = 0; oy < g.oh; ++oy) {  // oy: output rows
+            const int y0 = oy * g.sh - g.ph, y1 = y0 + g.kh;
+            const int ya = y0 < 0 ? 0 : y0, yb = y1 > g.h ? g.h : y1;
+            for (int ox = 0; ox < g.ow; ++ox) {  // ox: output columns
+                const int x0 = ox * g.sw - g.pw, x1 = x0 + g.kw;
+                const int xa = x0 < 0 ? 0 : x0, xb = x1 > g.w ? g.w : x1;
+                float s = 0.0f;  // padding cells add 0
+                for (int iy = ya; iy < yb; ++iy)                        // iy: window rows
+                    for (int ix = xa; ix < xb; ++ix) s += xp[iy * g.w + ix];  // ix: window columns
+                yp[oy * g.ow + ox] = s / (float)avgpool2d_divisor(g, y0, x0, count_include_pad);
+            }
+        }
+    }
+}
+
+// dy is (N, C, oh, ow); dx is (N, C, h, w), written: every real cell of a
+// window gets dy / divisor of that window, summed over the windows that
+// cover it (padding cells' shares are dropped).
+inline void avgpool2d_backward(float* dx, const float* dy, const PoolGeom& g, bool count_include_pad,
+                               size_t N, size_t C) {
+    const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.oh * g.ow;
+    for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
+        float* dxp = dx + p * in_plane;
+        const float* dyp = dy + p * out_plane;
+        for (size_t i = 0; i < in_plane; ++i) dxp[i] = 0.0f;
+        for (int oy = 0; oy < g.oh; ++oy) {  // oy: output rows
+            const int y0 = oy * g.sh - g.ph, y1 = y0 + g.kh;
+            const int ya = y0 < 0 ? 0 : y0, yb = y1 > g.h ? g.h : y1;
+            for (int ox = 0; ox < g.ow; ++ox) {  // ox: output columns
+                const int x0 = ox * g.sw - g.pw, x1 = x0 + g.kw;
+                const int xa = x0 < 0 ? 0 : x0, xb = x1 > g.w ? g.w : x1;
+                const float share = dyp[oy * g.ow + ox] / (float)avgpool2d_divisor(g, y0, x0, count_include_pad);
+                for (int iy = ya; iy < yb; ++iy)                             // iy: window rows
+                    for (int ix = xa; ix < xb; ++ix) dxp[iy * g.w + ix] += share;  // ix: window columns
+            }
+        }
+    }
+}
+
+// --- Global average pooling ----------------------------------------------------
+
+// x is (N, C, L) with L = h * w; y is (N, C) = the mean of each plane,
+// summed in double.
+inline void global_avgpool_forward_ref(float* y, const float* x, size_t N, size_t C, size_t L) {
+    for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes; i: cells of the plane
+        const float* xp = x + p * L;
+        double s = 0.0;
+        for (size_t i = 0; i < L; ++i) s += xp[i];
+        y[p] = (float)(s / (double)L);
+    }
+}
+// The same mean, summed in float lanes for at most simd::kSumVectors
+// vectors at a time, those partial sums and the tail in double.
+inline void global_avgpool_forward(float* y, const float* x, size_t N, size_t C, size_t L) {
+#if NN_SIMD
+    using simd::vf;
+    const size_t W = simd::kWidth;
+    for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
+        const float* xp = x + p * L;
+        double s = 0.0;
+        vf acc(0.0f);
+        size_t i = 0;
+        for (size_t v = 1; i + W <= L; i += W, ++v) {  // i: cells, one vector per step
+            acc += vf::load_unaligned(xp + i);
+            if (v % simd::kSumVectors == 0) {  // bound the terms per float lane
+                s += simd::hsum(acc);
+                acc = vf(0.0f);
+            }
+        }
+        s += simd::hsum(acc);
+        for (; i < L; ++i) s += xp[i];  // the last L % W
+        y[p] = (float)(s / (double)L);
+    }
+#else
+    global_avgpool_forward_ref(y, x, N, C, L);
+#endif
+}
+
+// dy is (N, C); dx is (N, C, L), written: every cell of plane p gets dy[p] / L.
+inline void global_avgpool_backward_ref(float* dx, const float* dy, size_t N, size_t C, size_t L) {
+    for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes; i: cells
+        const float g = dy[p] / (float)L;
+        for (size_t i = 0; i < L; ++i) dx[p * L + i] = g;
+    }
+}
+inline void global_avgpool_backward(float* dx, const float* dy, size_t N, size_t C, size_t L) {
+#if NN_SIMD
+    const size_t W = simd::kWidth;
+    for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
+        const float g = dy[p] / (float)L;
+        const simd::vf gv(g);
+        float* d = dx + p * L;
+        size_t i = 0;
+        for (; i + W <= L; i += W) gv.store_unaligned(d + i);  // i: cells, one vector per step
+        for (; i < L; ++i) d[i] = g;
+    }
+#else
+    global_avgpool_backward_ref(dx, dy, N, C, L);
+#endif
+}
+
+}  // namespace nn
