@@ -57,6 +57,8 @@ help:
 	@echo "               RATIO lines, ratio > 1 = nn better (GFLOP/s: ours/peer, s: peer/ours)"
 	@echo "make dist      dist/nn.hpp + dist/nn_impl.cpp, the two drop-in files"
 	@echo "make test-dist build the examples and the suite from only those two files"
+	@echo "make test-arm  the suite for arm64, armhf (NEON) and armv6 (scalar) under qemu-user"
+	@echo "               (test-arm64, test-armhf, test-armv6; installs cross compilers via deps-arm)"
 	@echo "make deps      apt-get install $(DEPS_PKGS)"
 
 lib: $(BUILD)/nn_impl.o
@@ -151,7 +153,9 @@ clean:
 #                   NN_SIMD is 0 and the plain loops run
 # Each builds GoogleTest from /usr/src/googletest (once), the library with the
 # board flags (-fno-exceptions -fno-rtti) and the tests into $(BUILD)/<arch>/,
-# links statically (qemu needs no sysroot) and runs the suite under qemu. The
+# links dynamically and runs the suite under qemu-user with -L set to the cross
+# sysroot the compiler package installs. (Not -static: tests/test_alloc.cpp
+# replaces malloc and free, which collides with glibc's static malloc.o.) The
 # host zlib is x86 only, so these build without NN_HAVE_ZLIB. The run fails
 # unless the program exits 0 and its last line says "N passed, 0 failed".
 ARM_PKGS  = g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user libgtest-dev libxsimd-dev
@@ -169,7 +173,7 @@ $(BUILD)/$(1)/nn_impl.o: $(LIB_SRC) $(LIB_DEPS)
 	$(2) $(STD) $(ARM_OPT) $(WARN) $(LIBFLAGS) -I. -c $(LIB_SRC) -o $$@
 
 $(BUILD)/$(1)/nn_tests: $(TEST_SRC) $(wildcard tests/*.inc) $(wildcard tests/*.hpp) examples/alloc_counter.hpp $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o
-	$(2) $(STD) $(ARM_OPT) $(WARN) -I. -I$(GTEST_DIR)/include $(TEST_SRC) $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o -o $$@ -static -lpthread
+	$(2) $(STD) $(ARM_OPT) $(WARN) -I. -I$(GTEST_DIR)/include $(TEST_SRC) $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o -o $$@ -lpthread
 
 test-$(1): deps-arm
 	@$(MAKE) --no-print-directory $(BUILD)/$(1)/nn_tests
@@ -180,9 +184,9 @@ test-$(1): deps-arm
 	{ echo "test-$(1): FAILED (exit status $$$$rc, last line: $$$$last)"; exit 1; }
 endef
 
-$(eval $(call ARM_TEST,arm64,aarch64-linux-gnu-g++ -march=armv8-a,qemu-aarch64))
-$(eval $(call ARM_TEST,armhf,arm-linux-gnueabihf-g++ -march=armv7-a -mfpu=neon -mfloat-abi=hard,qemu-arm))
-$(eval $(call ARM_TEST,armv6,arm-linux-gnueabihf-g++ -march=armv6 -mfpu=vfp -mfloat-abi=hard -marm,qemu-arm))
+$(eval $(call ARM_TEST,arm64,aarch64-linux-gnu-g++ -march=armv8-a,qemu-aarch64 -L /usr/aarch64-linux-gnu))
+$(eval $(call ARM_TEST,armhf,arm-linux-gnueabihf-g++ -march=armv7-a -mfpu=neon -mfloat-abi=hard,qemu-arm -L /usr/arm-linux-gnueabihf))
+$(eval $(call ARM_TEST,armv6,arm-linux-gnueabihf-g++ -march=armv6 -mfpu=vfp -mfloat-abi=hard -marm,qemu-arm -L /usr/arm-linux-gnueabihf))
 
 .PHONY: test-arm test-arm64 test-armhf test-armv6 deps-arm
 test-arm: test-arm64 test-armhf test-armv6

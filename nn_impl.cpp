@@ -300,7 +300,12 @@ static uint64_t fp_state_read();
 struct ThreadPool {
     std::mutex mu;
     std::condition_variable wake;
-    std::atomic<uint64_t> generation{0};
+    // 32 bits: ARMv6 has no 64-bit atomics (they would need libatomic and
+    // take a lock). Wrapping is harmless: a worker compares only with the
+    // last generation it saw, and no job can start before every worker of
+    // the previous one has run it, so a worker could only be fooled by not
+    // running at all through exactly 2^32 jobs that leave it out.
+    std::atomic<uint32_t> generation{0};
     std::atomic<int> pending{0};
     int workers = 0;  // threads started (ith = 1 .. workers)
     void (*fn)(void*, int, int) = nullptr;
@@ -308,10 +313,10 @@ struct ThreadPool {
     int nth = 1;
     uint64_t fp_state = 0;
 
-    void worker(int ith) {
-        uint64_t seen = 0;
+    // seen: the generation when the worker was started; it waits for the next.
+    void worker(int ith, uint32_t seen) {
         for (;;) {
-            uint64_t g = generation.load(std::memory_order_acquire);
+            uint32_t g = generation.load(std::memory_order_acquire);
             for (int spin = 0; g == seen && spin < (1 << 15); ++spin) {
                 backoff(spin);
                 g = generation.load(std::memory_order_acquire);
@@ -327,8 +332,12 @@ struct ThreadPool {
                 if (saved != fp_state) restore_denormals(fp_state);
                 fn(ctx, ith, nth);
                 if (saved != fp_state) restore_denormals(saved);
-                pending.fetch_sub(1, std::memory_order_acq_rel);
             }
+            // Every worker answers every job, taking part or not: the next
+            // job is written only when no worker can still be reading this
+            // one (a late worker would otherwise see the next job's fn and
+            // nth with this job's generation, and run it twice).
+            pending.fetch_sub(1, std::memory_order_acq_rel);
         }
     }
 
@@ -351,7 +360,8 @@ struct ThreadPool {
 
     void start(int want) {  // at setup only: std::thread allocates
         for (; workers < want; ++workers) {
-            std::thread t(&ThreadPool::worker, this, workers + 1);
+            std::thread t(&ThreadPool::worker, this, workers + 1,
+                          generation.load(std::memory_order_acquire));
             t.detach();
         }
     }
@@ -366,7 +376,7 @@ struct ThreadPool {
         ctx = c;
         nth = n;
         fp_state = fp_state_read();
-        pending.store(n - 1, std::memory_order_relaxed);
+        pending.store(workers, std::memory_order_relaxed);
         {
             std::lock_guard<std::mutex> lock(mu);
             generation.fetch_add(1, std::memory_order_acq_rel);

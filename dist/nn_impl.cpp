@@ -62,6 +62,18 @@ constexpr int kWidth = 1;
 inline const char* arch_name() { return "scalar"; }
 #endif
 
+// Subnormals in vector lanes. ARMv7's Advanced SIMD (32-bit NEON) always
+// flushes subnormal inputs and results to zero and returns the default NaN,
+// whatever FPSCR says (only its scalar VFP unit does IEEE 754 gradual
+// underflow). So on armhf a vector kernel's result whose exact value lies
+// below FLT_MIN = 2^-126 in magnitude is 0, and differs from the plain loop
+// by less than FLT_MIN. AArch64 NEON and x86 keep subnormals.
+#if NN_SIMD && defined(__ARM_NEON) && !defined(__aarch64__)
+constexpr bool kFlushesSubnormals = true;
+#else
+constexpr bool kFlushesSubnormals = false;
+#endif
+
 }  // namespace simd
 }  // namespace nn
 // ==== end kernels/simd.hpp ====
@@ -96,9 +108,10 @@ inline const char* arch_name() { return "scalar"; }
 // thread, 64-byte aligned, from its arena): nothing here allocates.
 
 // ==== begin kernels/vmath.hpp ====
-// kernels/vmath.hpp — vector math for the activation and loss kernels: an
-// exp that is right over the whole float range, and loads/stores of a
-// partial vector (a row's last cols % kWidth floats).
+// kernels/vmath.hpp — vector math for the activation, loss and optimizer
+// kernels: an exp that is right over the whole float range, division and
+// square root correctly rounded on every target (vdiv, vsqrt), and
+// loads/stores of a partial vector (a row's last cols % kWidth floats).
 //
 // Why not xsimd::exp: xsimd 8.1's float exp returns +inf from x >= 88.3763
 // although e^x is finite up to ln(FLT_MAX) = 88.7228, and returns 0 from
@@ -169,6 +182,43 @@ inline vf vexp(const vf& x) {
     const vf y = p * as_float((k1 + vi(127)) << 23) * as_float((k2 + vi(127)) << 23);
     return xsimd::select(xsimd::isnan(x), x, xsimd::select(zero_out, vf(0.0f), y));  // min() may lose NaN
 }
+
+// a / b and sqrt(a) per lane, correctly rounded like the plain loops' `/`
+// and std::sqrt. The kernels use these instead of xsimd's operator/ and
+// xsimd::sqrt because xsimd 8.1 computes both on NEON from the reciprocal
+// (square-root) estimate refined by two Newton-Raphson steps: results an ulp
+// or so off, so a vector lane and the plain loop disagree, and sqrt(+inf) is
+// NaN (inf * 0 in the refinement). Its neon64 kernels replace only the double
+// versions, so this holds on AArch64 too. AArch64 has exact vector fdiv and
+// fsqrt; 32-bit NEON has neither, so there each lane goes through the VFP
+// unit's scalar IEEE instructions (which also keep subnormals, as NEON does
+// not). On x86 xsimd's operator/ and sqrt are already the exact divps/sqrtps.
+#if defined(__aarch64__)
+inline vf vdiv(const vf& a, const vf& b) { return vf(vdivq_f32(a, b)); }
+inline vf vsqrt(const vf& a) { return vf(vsqrtq_f32(a)); }
+#elif defined(__ARM_NEON)
+inline vf vdiv(const vf& a, const vf& b) {
+    const float32x4_t x = a, y = b;
+    float32x4_t q = x;
+    q = vsetq_lane_f32(vgetq_lane_f32(x, 0) / vgetq_lane_f32(y, 0), q, 0);
+    q = vsetq_lane_f32(vgetq_lane_f32(x, 1) / vgetq_lane_f32(y, 1), q, 1);
+    q = vsetq_lane_f32(vgetq_lane_f32(x, 2) / vgetq_lane_f32(y, 2), q, 2);
+    q = vsetq_lane_f32(vgetq_lane_f32(x, 3) / vgetq_lane_f32(y, 3), q, 3);
+    return vf(q);
+}
+inline vf vsqrt(const vf& a) {
+    const float32x4_t x = a;
+    float32x4_t r = x;
+    r = vsetq_lane_f32(__builtin_sqrtf(vgetq_lane_f32(x, 0)), r, 0);
+    r = vsetq_lane_f32(__builtin_sqrtf(vgetq_lane_f32(x, 1)), r, 1);
+    r = vsetq_lane_f32(__builtin_sqrtf(vgetq_lane_f32(x, 2)), r, 2);
+    r = vsetq_lane_f32(__builtin_sqrtf(vgetq_lane_f32(x, 3)), r, 3);
+    return vf(r);
+}
+#else
+inline vf vdiv(const vf& a, const vf& b) { return a / b; }
+inline vf vsqrt(const vf& a) { return xsimd::sqrt(a); }
+#endif
 
 // The last, partial vector of a row: load_partial gives the first n < kWidth
 // floats of x in the low lanes and `fill` in the others; store_partial
@@ -731,9 +781,15 @@ inline void gemm_f32_narrow(float* C, int ldc, const float* A, int lda, const fl
 // strides of its A sliver. That saves the packing pass that dominates the
 // small MLP shapes. Only a ragged last sliver is packed, so that its zero
 // padding keeps the kernel inside A.
+//
+// narrow_ok = false keeps a narrow C off the narrow path of 3b:
+// gemm_f32_part passes it for a thread's share of a C that is not narrow
+// itself, so that a last share of a few columns goes through the same edge
+// tiles as in the one-thread run (the narrow path sums in another order).
 inline void gemm_f32_fused(float* C, int ldc, const float* A, int lda, bool trans_a,
                            const float* B, int ldb, bool trans_b, const GemmEpilogue& ep,
-                           float alpha, float beta, float* pack, int M, int N, int K) {
+                           float alpha, float beta, float* pack, int M, int N, int K,
+                           bool narrow_ok = true) {
     constexpr int MR = kGemmMR, NR = kGemmNR;
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {  // op(A) * op(B) is empty: C = act(beta * C + bias), row by row.
@@ -748,7 +804,7 @@ inline void gemm_f32_fused(float* C, int ldc, const float* A, int lda, bool tran
         if (ep.tile_fn) ep.tile_fn(C, ldc, M, N, ep.tile_ctx);
         return;
     }
-    if (gemm_use_narrow(trans_a, N)) {  // a narrow C: see 3b
+    if (narrow_ok && gemm_use_narrow(trans_a, N)) {  // a narrow C: see 3b
         gemm_f32_narrow(C, ldc, A, lda, B, ldb, trans_b, ep, alpha, beta, pack, M, N, K);
         return;
     }
@@ -873,7 +929,10 @@ inline int gemm_useful_threads(int M, int N, int K, int max_threads) {
 }
 
 // Thread ith of nth: gemm_f32_fused on its share of C. `pack` is this
-// thread's own scratch.
+// thread's own scratch. A share takes the narrow path only when the whole C
+// does: cut along N, the last share can be one vector wide or less (NEON: N
+// = 10 is two 8-column slivers, 8 + 2) while the one-thread run computes
+// those columns in an edge tile.
 inline void gemm_f32_part(int ith, int nth, float* C, int ldc, const float* A, int lda,
                           bool trans_a, const float* B, int ldb, bool trans_b,
                           const GemmEpilogue& ep, float alpha, float beta, float* pack, int M,
@@ -885,7 +944,7 @@ inline void gemm_f32_part(int ith, int nth, float* C, int ldc, const float* A, i
     GemmEpilogue e = ep;
     if (e.bias) e.bias += s.j0;
     gemm_f32_fused(C + (ptrdiff_t)s.i0 * ldc + s.j0, ldc, a, lda, trans_a, b, ldb, trans_b, e,
-                   alpha, beta, pack, s.i1 - s.i0, s.j1 - s.j0, K);
+                   alpha, beta, pack, s.i1 - s.i0, s.j1 - s.j0, K, gemm_use_narrow(trans_a, N));
 }
 
 // ---------------------------------------------------------------------------
@@ -995,7 +1054,7 @@ inline void sigmoid_forward(float* y, const float* x, size_t n) {
     for (; i + simd::kWidth <= n; i += simd::kWidth) {
         simd::vf v = simd::vf::load_unaligned(x + i);
         simd::vf e = simd::vexp(-xsimd::abs(v));
-        simd::vf r = one / (one + e);
+        simd::vf r = simd::vdiv(one, one + e);
         xsimd::select(v >= zero, r, e * r).store_unaligned(y + i);
     }
 #endif
@@ -1378,7 +1437,7 @@ inline double bce_loss(float* dp, const float* p, const float* t, size_t n) {
         acc -= xsimd::fma(tv, lp, (one - tv) * lq);
         if (dp) {
             vf denom = pv * (one - pv);
-            ((pv - tv) / xsimd::select(denom > tiny, denom, tiny) * inv).store_unaligned(dp + i);
+            (simd::vdiv(pv - tv, xsimd::select(denom > tiny, denom, tiny)) * inv).store_unaligned(dp + i);
         }
         if (v % simd::kSumVectors == 0) {  // bound the terms per float lane
             sum += simd::hsum(acc);
@@ -1426,7 +1485,7 @@ inline double bce_logits_loss(float* dz, const float* z, const float* t, size_t 
         vf lin = xsimd::select(zv > zero, zv * (one - tv), -zv * tv);
         acc += lin + xsimd::log1p(e);
         if (dz) {
-            vf r = one / (one + e);
+            vf r = simd::vdiv(one, one + e);
             vf s = xsimd::select(zv >= zero, r, e * r);  // sigmoid(z), as sigmoid_forward
             ((s - tv) * inv).store_unaligned(dz + i);
         }
@@ -1628,7 +1687,7 @@ inline simd::vf categorical_xent_step(simd::vf& acc, const simd::vf& pv, const s
     auto clipped = !((pv >= lo) & (pv <= hi));
     vf pc = xsimd::select(pv < lo, lo, xsimd::select(pv > hi, hi, pv));  // NaN stays NaN, as the ref
     acc -= xsimd::select(tv != zero, tv * xsimd::log(pc), zero);
-    return xsimd::select(clipped, zero, -tv / pc * inv_rows);
+    return xsimd::select(clipped, zero, simd::vdiv(-tv, pc) * inv_rows);
 }
 #endif
 
@@ -1793,8 +1852,8 @@ inline void adagrad_update_f32(float* p, float* sum, const float* g, float clr, 
         if (l2) d = xsimd::fma(vwd, p_, d);
         vf s = xsimd::fma(d, d, vf::load_unaligned(sum + i));
         s.store_unaligned(sum + i);
-        vf std_ = xsimd::sqrt(s) + veps;
-        (p_ + (vneg_clr * d) / std_).store_unaligned(p + i);
+        vf std_ = simd::vsqrt(s) + veps;
+        (p_ + simd::vdiv(vneg_clr * d, std_)).store_unaligned(p + i);
     }
 #endif
     adagrad_update_f32_ref(p + i, sum + i, g + i, clr, eps, weight_decay, n - i);
@@ -1860,17 +1919,17 @@ inline void rmsprop_update_f32(float* p, float* sq, float* ga, float* buf, const
         if (ga) {
             vf a = xsimd::fma(vc, d, vf::load_unaligned(ga + i) * valpha);
             a.store_unaligned(ga + i);
-            avg = xsimd::sqrt(xsimd::fnma(a, a, s));  // sqrt(s - a*a)
+            avg = simd::vsqrt(xsimd::fnma(a, a, s));  // sqrt(s - a*a)
         } else {
-            avg = xsimd::sqrt(s);
+            avg = simd::vsqrt(s);
         }
         avg = avg + veps;
         if (buf) {
-            vf b = vf::load_unaligned(buf + i) * vmom + d / avg;
+            vf b = vf::load_unaligned(buf + i) * vmom + simd::vdiv(d, avg);
             b.store_unaligned(buf + i);
             xsimd::fma(vneg_lr, b, p_).store_unaligned(p + i);
         } else {
-            (p_ + (vneg_lr * d) / avg).store_unaligned(p + i);
+            (p_ + simd::vdiv(vneg_lr * d, avg)).store_unaligned(p + i);
         }
     }
 #endif
@@ -1962,8 +2021,8 @@ inline void adam_update_f32(float* p, float* m, float* v, float* vmax, const flo
             v_ = xsimd::max(vf::load_unaligned(vmax + i), v_);
             v_.store_unaligned(vmax + i);
         }
-        vf denom = xsimd::sqrt(v_) / vbc2 + veps;
-        (p_ + (vneg_step * m_) / denom).store_unaligned(p + i);
+        vf denom = simd::vdiv(simd::vsqrt(v_), vbc2) + veps;
+        (p_ + simd::vdiv(vneg_step * m_, denom)).store_unaligned(p + i);
     }
 #endif
     adam_update_f32_ref(p + i, m + i, v + i, vmax ? vmax + i : nullptr, g + i, lr, beta1, beta2,
@@ -3722,7 +3781,12 @@ static uint64_t fp_state_read();
 struct ThreadPool {
     std::mutex mu;
     std::condition_variable wake;
-    std::atomic<uint64_t> generation{0};
+    // 32 bits: ARMv6 has no 64-bit atomics (they would need libatomic and
+    // take a lock). Wrapping is harmless: a worker compares only with the
+    // last generation it saw, and no job can start before every worker of
+    // the previous one has run it, so a worker could only be fooled by not
+    // running at all through exactly 2^32 jobs that leave it out.
+    std::atomic<uint32_t> generation{0};
     std::atomic<int> pending{0};
     int workers = 0;  // threads started (ith = 1 .. workers)
     void (*fn)(void*, int, int) = nullptr;
@@ -3730,10 +3794,10 @@ struct ThreadPool {
     int nth = 1;
     uint64_t fp_state = 0;
 
-    void worker(int ith) {
-        uint64_t seen = 0;
+    // seen: the generation when the worker was started; it waits for the next.
+    void worker(int ith, uint32_t seen) {
         for (;;) {
-            uint64_t g = generation.load(std::memory_order_acquire);
+            uint32_t g = generation.load(std::memory_order_acquire);
             for (int spin = 0; g == seen && spin < (1 << 15); ++spin) {
                 backoff(spin);
                 g = generation.load(std::memory_order_acquire);
@@ -3749,8 +3813,12 @@ struct ThreadPool {
                 if (saved != fp_state) restore_denormals(fp_state);
                 fn(ctx, ith, nth);
                 if (saved != fp_state) restore_denormals(saved);
-                pending.fetch_sub(1, std::memory_order_acq_rel);
             }
+            // Every worker answers every job, taking part or not: the next
+            // job is written only when no worker can still be reading this
+            // one (a late worker would otherwise see the next job's fn and
+            // nth with this job's generation, and run it twice).
+            pending.fetch_sub(1, std::memory_order_acq_rel);
         }
     }
 
@@ -3773,7 +3841,8 @@ struct ThreadPool {
 
     void start(int want) {  // at setup only: std::thread allocates
         for (; workers < want; ++workers) {
-            std::thread t(&ThreadPool::worker, this, workers + 1);
+            std::thread t(&ThreadPool::worker, this, workers + 1,
+                          generation.load(std::memory_order_acquire));
             t.detach();
         }
     }
@@ -3788,7 +3857,7 @@ struct ThreadPool {
         ctx = c;
         nth = n;
         fp_state = fp_state_read();
-        pending.store(n - 1, std::memory_order_relaxed);
+        pending.store(workers, std::memory_order_relaxed);
         {
             std::lock_guard<std::mutex> lock(mu);
             generation.fetch_add(1, std::memory_order_acq_rel);

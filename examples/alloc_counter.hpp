@@ -27,8 +27,11 @@
 #define NN_COUNT_MALLOC 0
 #endif
 
-inline std::atomic<long long>& heap_alloc_counter() {
-    static std::atomic<long long> n{0};
+// A long: 64 bits on 64-bit targets, and on 32-bit ones still lock-free
+// without libatomic (ARMv6 has no 64-bit atomics; a long long counter would
+// not link there).
+inline std::atomic<long>& heap_alloc_counter() {
+    static std::atomic<long> n{0};
     return n;
 }
 // Allocations made so far by this program.

@@ -79,7 +79,7 @@ inline void sigmoid_forward(float* y, const float* x, size_t n) {
     for (; i + simd::kWidth <= n; i += simd::kWidth) {
         simd::vf v = simd::vf::load_unaligned(x + i);
         simd::vf e = simd::vexp(-xsimd::abs(v));
-        simd::vf r = one / (one + e);
+        simd::vf r = simd::vdiv(one, one + e);
         xsimd::select(v >= zero, r, e * r).store_unaligned(y + i);
     }
 #endif

@@ -519,9 +519,15 @@ inline void gemm_f32_narrow(float* C, int ldc, const float* A, int lda, const fl
 // strides of its A sliver. That saves the packing pass that dominates the
 // small MLP shapes. Only a ragged last sliver is packed, so that its zero
 // padding keeps the kernel inside A.
+//
+// narrow_ok = false keeps a narrow C off the narrow path of 3b:
+// gemm_f32_part passes it for a thread's share of a C that is not narrow
+// itself, so that a last share of a few columns goes through the same edge
+// tiles as in the one-thread run (the narrow path sums in another order).
 inline void gemm_f32_fused(float* C, int ldc, const float* A, int lda, bool trans_a,
                            const float* B, int ldb, bool trans_b, const GemmEpilogue& ep,
-                           float alpha, float beta, float* pack, int M, int N, int K) {
+                           float alpha, float beta, float* pack, int M, int N, int K,
+                           bool narrow_ok = true) {
     constexpr int MR = kGemmMR, NR = kGemmNR;
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {  // op(A) * op(B) is empty: C = act(beta * C + bias), row by row.
@@ -536,7 +542,7 @@ inline void gemm_f32_fused(float* C, int ldc, const float* A, int lda, bool tran
         if (ep.tile_fn) ep.tile_fn(C, ldc, M, N, ep.tile_ctx);
         return;
     }
-    if (gemm_use_narrow(trans_a, N)) {  // a narrow C: see 3b
+    if (narrow_ok && gemm_use_narrow(trans_a, N)) {  // a narrow C: see 3b
         gemm_f32_narrow(C, ldc, A, lda, B, ldb, trans_b, ep, alpha, beta, pack, M, N, K);
         return;
     }
@@ -661,7 +667,10 @@ inline int gemm_useful_threads(int M, int N, int K, int max_threads) {
 }
 
 // Thread ith of nth: gemm_f32_fused on its share of C. `pack` is this
-// thread's own scratch.
+// thread's own scratch. A share takes the narrow path only when the whole C
+// does: cut along N, the last share can be one vector wide or less (NEON: N
+// = 10 is two 8-column slivers, 8 + 2) while the one-thread run computes
+// those columns in an edge tile.
 inline void gemm_f32_part(int ith, int nth, float* C, int ldc, const float* A, int lda,
                           bool trans_a, const float* B, int ldb, bool trans_b,
                           const GemmEpilogue& ep, float alpha, float beta, float* pack, int M,
@@ -673,7 +682,7 @@ inline void gemm_f32_part(int ith, int nth, float* C, int ldc, const float* A, i
     GemmEpilogue e = ep;
     if (e.bias) e.bias += s.j0;
     gemm_f32_fused(C + (ptrdiff_t)s.i0 * ldc + s.j0, ldc, a, lda, trans_a, b, ldb, trans_b, e,
-                   alpha, beta, pack, s.i1 - s.i0, s.j1 - s.j0, K);
+                   alpha, beta, pack, s.i1 - s.i0, s.j1 - s.j0, K, gemm_use_narrow(trans_a, N));
 }
 
 // ---------------------------------------------------------------------------

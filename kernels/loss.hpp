@@ -200,7 +200,7 @@ inline double bce_loss(float* dp, const float* p, const float* t, size_t n) {
         acc -= xsimd::fma(tv, lp, (one - tv) * lq);
         if (dp) {
             vf denom = pv * (one - pv);
-            ((pv - tv) / xsimd::select(denom > tiny, denom, tiny) * inv).store_unaligned(dp + i);
+            (simd::vdiv(pv - tv, xsimd::select(denom > tiny, denom, tiny)) * inv).store_unaligned(dp + i);
         }
         if (v % simd::kSumVectors == 0) {  // bound the terms per float lane
             sum += simd::hsum(acc);
@@ -248,7 +248,7 @@ inline double bce_logits_loss(float* dz, const float* z, const float* t, size_t 
         vf lin = xsimd::select(zv > zero, zv * (one - tv), -zv * tv);
         acc += lin + xsimd::log1p(e);
         if (dz) {
-            vf r = one / (one + e);
+            vf r = simd::vdiv(one, one + e);
             vf s = xsimd::select(zv >= zero, r, e * r);  // sigmoid(z), as sigmoid_forward
             ((s - tv) * inv).store_unaligned(dz + i);
         }
@@ -450,7 +450,7 @@ inline simd::vf categorical_xent_step(simd::vf& acc, const simd::vf& pv, const s
     auto clipped = !((pv >= lo) & (pv <= hi));
     vf pc = xsimd::select(pv < lo, lo, xsimd::select(pv > hi, hi, pv));  // NaN stays NaN, as the ref
     acc -= xsimd::select(tv != zero, tv * xsimd::log(pc), zero);
-    return xsimd::select(clipped, zero, -tv / pc * inv_rows);
+    return xsimd::select(clipped, zero, simd::vdiv(-tv, pc) * inv_rows);
 }
 #endif
 

@@ -20,6 +20,7 @@
 #include <cstddef>
 
 #include "simd.hpp"
+#include "vmath.hpp"  // vdiv, vsqrt: exact on NEON too
 
 // GCC 12 warns "__Y may be used uninitialized" inside its own AVX-512
 // intrinsics (_mm512_undefined_ps) when sqrt/max are inlined here: a false
@@ -122,8 +123,8 @@ inline void adagrad_update_f32(float* p, float* sum, const float* g, float clr, 
         if (l2) d = xsimd::fma(vwd, p_, d);
         vf s = xsimd::fma(d, d, vf::load_unaligned(sum + i));
         s.store_unaligned(sum + i);
-        vf std_ = xsimd::sqrt(s) + veps;
-        (p_ + (vneg_clr * d) / std_).store_unaligned(p + i);
+        vf std_ = simd::vsqrt(s) + veps;
+        (p_ + simd::vdiv(vneg_clr * d, std_)).store_unaligned(p + i);
     }
 #endif
     adagrad_update_f32_ref(p + i, sum + i, g + i, clr, eps, weight_decay, n - i);
@@ -189,17 +190,17 @@ inline void rmsprop_update_f32(float* p, float* sq, float* ga, float* buf, const
         if (ga) {
             vf a = xsimd::fma(vc, d, vf::load_unaligned(ga + i) * valpha);
             a.store_unaligned(ga + i);
-            avg = xsimd::sqrt(xsimd::fnma(a, a, s));  // sqrt(s - a*a)
+            avg = simd::vsqrt(xsimd::fnma(a, a, s));  // sqrt(s - a*a)
         } else {
-            avg = xsimd::sqrt(s);
+            avg = simd::vsqrt(s);
         }
         avg = avg + veps;
         if (buf) {
-            vf b = vf::load_unaligned(buf + i) * vmom + d / avg;
+            vf b = vf::load_unaligned(buf + i) * vmom + simd::vdiv(d, avg);
             b.store_unaligned(buf + i);
             xsimd::fma(vneg_lr, b, p_).store_unaligned(p + i);
         } else {
-            (p_ + (vneg_lr * d) / avg).store_unaligned(p + i);
+            (p_ + simd::vdiv(vneg_lr * d, avg)).store_unaligned(p + i);
         }
     }
 #endif
@@ -291,8 +292,8 @@ inline void adam_update_f32(float* p, float* m, float* v, float* vmax, const flo
             v_ = xsimd::max(vf::load_unaligned(vmax + i), v_);
             v_.store_unaligned(vmax + i);
         }
-        vf denom = xsimd::sqrt(v_) / vbc2 + veps;
-        (p_ + (vneg_step * m_) / denom).store_unaligned(p + i);
+        vf denom = simd::vdiv(simd::vsqrt(v_), vbc2) + veps;
+        (p_ + simd::vdiv(vneg_step * m_, denom)).store_unaligned(p + i);
     }
 #endif
     adam_update_f32_ref(p + i, m + i, v + i, vmax ? vmax + i : nullptr, g + i, lr, beta1, beta2,

@@ -50,5 +50,17 @@ constexpr int kWidth = 1;
 inline const char* arch_name() { return "scalar"; }
 #endif
 
+// Subnormals in vector lanes. ARMv7's Advanced SIMD (32-bit NEON) always
+// flushes subnormal inputs and results to zero and returns the default NaN,
+// whatever FPSCR says (only its scalar VFP unit does IEEE 754 gradual
+// underflow). So on armhf a vector kernel's result whose exact value lies
+// below FLT_MIN = 2^-126 in magnitude is 0, and differs from the plain loop
+// by less than FLT_MIN. AArch64 NEON and x86 keep subnormals.
+#if NN_SIMD && defined(__ARM_NEON) && !defined(__aarch64__)
+constexpr bool kFlushesSubnormals = true;
+#else
+constexpr bool kFlushesSubnormals = false;
+#endif
+
 }  // namespace simd
 }  // namespace nn

@@ -1,6 +1,7 @@
-// kernels/vmath.hpp — vector math for the activation and loss kernels: an
-// exp that is right over the whole float range, and loads/stores of a
-// partial vector (a row's last cols % kWidth floats).
+// kernels/vmath.hpp — vector math for the activation, loss and optimizer
+// kernels: an exp that is right over the whole float range, division and
+// square root correctly rounded on every target (vdiv, vsqrt), and
+// loads/stores of a partial vector (a row's last cols % kWidth floats).
 //
 // Why not xsimd::exp: xsimd 8.1's float exp returns +inf from x >= 88.3763
 // although e^x is finite up to ln(FLT_MAX) = 88.7228, and returns 0 from
@@ -73,6 +74,43 @@ inline vf vexp(const vf& x) {
     const vf y = p * as_float((k1 + vi(127)) << 23) * as_float((k2 + vi(127)) << 23);
     return xsimd::select(xsimd::isnan(x), x, xsimd::select(zero_out, vf(0.0f), y));  // min() may lose NaN
 }
+
+// a / b and sqrt(a) per lane, correctly rounded like the plain loops' `/`
+// and std::sqrt. The kernels use these instead of xsimd's operator/ and
+// xsimd::sqrt because xsimd 8.1 computes both on NEON from the reciprocal
+// (square-root) estimate refined by two Newton-Raphson steps: results an ulp
+// or so off, so a vector lane and the plain loop disagree, and sqrt(+inf) is
+// NaN (inf * 0 in the refinement). Its neon64 kernels replace only the double
+// versions, so this holds on AArch64 too. AArch64 has exact vector fdiv and
+// fsqrt; 32-bit NEON has neither, so there each lane goes through the VFP
+// unit's scalar IEEE instructions (which also keep subnormals, as NEON does
+// not). On x86 xsimd's operator/ and sqrt are already the exact divps/sqrtps.
+#if defined(__aarch64__)
+inline vf vdiv(const vf& a, const vf& b) { return vf(vdivq_f32(a, b)); }
+inline vf vsqrt(const vf& a) { return vf(vsqrtq_f32(a)); }
+#elif defined(__ARM_NEON)
+inline vf vdiv(const vf& a, const vf& b) {
+    const float32x4_t x = a, y = b;
+    float32x4_t q = x;
+    q = vsetq_lane_f32(vgetq_lane_f32(x, 0) / vgetq_lane_f32(y, 0), q, 0);
+    q = vsetq_lane_f32(vgetq_lane_f32(x, 1) / vgetq_lane_f32(y, 1), q, 1);
+    q = vsetq_lane_f32(vgetq_lane_f32(x, 2) / vgetq_lane_f32(y, 2), q, 2);
+    q = vsetq_lane_f32(vgetq_lane_f32(x, 3) / vgetq_lane_f32(y, 3), q, 3);
+    return vf(q);
+}
+inline vf vsqrt(const vf& a) {
+    const float32x4_t x = a;
+    float32x4_t r = x;
+    r = vsetq_lane_f32(__builtin_sqrtf(vgetq_lane_f32(x, 0)), r, 0);
+    r = vsetq_lane_f32(__builtin_sqrtf(vgetq_lane_f32(x, 1)), r, 1);
+    r = vsetq_lane_f32(__builtin_sqrtf(vgetq_lane_f32(x, 2)), r, 2);
+    r = vsetq_lane_f32(__builtin_sqrtf(vgetq_lane_f32(x, 3)), r, 3);
+    return vf(r);
+}
+#else
+inline vf vdiv(const vf& a, const vf& b) { return a / b; }
+inline vf vsqrt(const vf& a) { return xsimd::sqrt(a); }
+#endif
 
 // The last, partial vector of a row: load_partial gives the first n < kWidth
 // floats of x in the low lanes and `fill` in the others; store_partial

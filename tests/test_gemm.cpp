@@ -372,7 +372,10 @@ TEST(Gemm, ThreadSharesMatchOneThreadBitForBit) {
         {64, 128, 784, false, true, 1.f, 0.f, true, false},   // forward, split along N
         {128, 784, 64, true, false, 1.f, 1.f, false, false},  // weight gradient
         {64, 784, 128, false, false, 1.f, 0.f, false, false}, // input gradient
-        {37, 10, 50, false, true, 1.f, 0.5f, true, false},    // one sliver: split along M
+        {37, 10, 50, false, true, 1.f, 0.5f, true, false},    // one sliver on x86: split along M
+        // Two slivers, the last a few columns: a share narrow enough for 3b,
+        // which must still go through the one-thread run's edge tile.
+        {37, nn::kGemmNR + 3, 50, false, true, 1.f, 0.5f, true, false},
         {45, 9, 70, false, true, 1.f, 0.f, true, false},      // narrow C (one vector or less)
         {nn::kGemmMR * 3 + 1, nn::kGemmNR * 2 + 3, 300, true, true, 0.5f, 0.f, true, false},
     };
@@ -422,6 +425,24 @@ TEST(Gemm, ThreadSharesMatchOneThreadBitForBit) {
             ASSERT_EQ(0, std::memcmp(one.data(), pool.data(), one.size() * sizeof(float)))
                 << describe(p) << ": " << nth << " pool threads differ from one thread";
         }
+}
+
+// Jobs of changing width back to back: a worker left out of one job must not
+// run the next one twice (each share counted exactly once per job).
+TEST(ThreadPool, ChangingWidthRunsEachShareOnce) {
+    const int widths[] = {2, 5, 3, 8, 2, 1, 7, 4};
+    std::atomic<int> hits[8];
+    for (auto& h : hits) h = 0;
+    int expect[8] = {0};
+    for (int rep = 0; rep < 300; ++rep) {
+        const int nth = widths[rep % 8];
+        nn::parallel_for(nth, [](void* ctx, int ith, int n) {
+            auto* h = static_cast<std::atomic<int>*>(ctx);
+            if (ith < n) h[ith].fetch_add(1);
+        }, hits);
+        for (int i = 0; i < nth; ++i) ++expect[i];
+    }
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(hits[i].load(), expect[i]) << "ith " << i;
 }
 
 // The pool runs each (ith, nth) exactly once per job, job after job.
