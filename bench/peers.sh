@@ -89,27 +89,20 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
     fi
 done
 
-# Runs one side and prints its RESULT line; stops the script if there is none.
-run_nn() {
-    out=$("$BUILD/mlp_fashion" --epochs "$EPOCHS" --threads 1 --verbose 0 --data "$FASHION" 2>&1)
+# Runs one side (the command and its arguments) and prints its RESULT line;
+# stops the script if there is none.
+run_side() {
+    out=$("$@" 2>&1)
     line=$(printf '%s\n' "$out" | grep '^RESULT ' | tail -n 1)
     if [ -z "$line" ]; then
         printf '%s\n' "$out" >&2
-        echo "bench/peers.sh: $BUILD/mlp_fashion printed no RESULT line" >&2
+        echo "bench/peers.sh: $* printed no RESULT line" >&2
         exit 1
     fi
     printf '%s\n' "$line"
 }
-run_torch() {
-    out=$("$PY" "$HERE/torch_mlp.py" --epochs "$EPOCHS" --threads 1 --data "$FASHION" 2>&1)
-    line=$(printf '%s\n' "$out" | grep '^RESULT ' | tail -n 1)
-    if [ -z "$line" ]; then
-        printf '%s\n' "$out" >&2
-        echo "bench/peers.sh: $HERE/torch_mlp.py printed no RESULT line" >&2
-        exit 1
-    fi
-    printf '%s\n' "$line"
-}
+run_nn() { run_side "$BUILD/mlp_fashion" --epochs "$EPOCHS" --threads 1 --verbose 0 --data "$FASHION"; }
+run_torch() { run_side "$PY" "$HERE/torch_mlp.py" --epochs "$EPOCHS" --threads 1 --data "$FASHION"; }
 
 echo "# mlp_epoch: 784-128-128-10 ReLU, Adam 1e-3, batch 64, one thread each;" \
      "$ROUNDS rounds of $EPOCHS epochs per side"
