@@ -34,7 +34,7 @@ CXXFLAGS_ALL = $(STD) $(OPT) $(ARCH) $(WARN) $(DEFS) -I. $(EXTRA)
 
 LIB_SRC   = nn_impl.cpp
 LIB_DEPS  = nn.hpp $(wildcard kernels/*.hpp)
-EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer
+EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer lenet_fashion convnet_fashion cifar_cnn
 TEST_SRC  = $(wildcard tests/test_*.cpp) tests/main.cpp
 BENCH_SRC = $(wildcard bench/bench_*.cpp)
 
@@ -53,8 +53,9 @@ help:
 	@echo "make test      install what is missing, build and run the test suite"
 	@echo "make test-san  the test suite under AddressSanitizer + UBSan"
 	@echo "make bench     Google Benchmark programs in bench/"
-	@echo "make bench-peers  nn beside OpenBLAS (GEMM) and PyTorch (MLP epoch), one thread each;"
-	@echo "               RATIO lines, ratio > 1 = nn better (GFLOP/s: ours/peer, s: peer/ours)"
+	@echo "make bench-peers  nn beside OpenBLAS (GEMM) and PyTorch (MLP epoch, LeNet epoch, 100 ConvNet"
+	@echo "               steps), one thread each; RATIO lines, ratio > 1 = nn better (GFLOP/s: ours/peer,"
+	@echo "               s: peer/ours); PEERS_ONLY=\"gemm mlp lenet convnet\" picks sections"
 	@echo "make dist      dist/nn.hpp + dist/nn_impl.cpp, the two drop-in files"
 	@echo "make test-dist build the examples and the suite from only those two files"
 	@echo "make test-arm  the suite for arm64, armhf (NEON) and armv6 (scalar) under qemu-user"
@@ -101,7 +102,9 @@ $(BUILD)/bench_%: bench/bench_%.cpp $(BUILD)/nn_impl.o
 	$(CXX) $(CXXFLAGS_ALL) $< $(BUILD)/nn_impl.o -o $@ -lbenchmark $(LIBS)
 
 # Side by side with the peers, in one run (bench/peers.sh): nn::gemm_f32 vs
-# OpenBLAS cblas_sgemm, and an MLP training epoch vs PyTorch CPU. Every result
+# OpenBLAS cblas_sgemm, and vs PyTorch CPU an MLP training epoch, a LeNet
+# epoch and 100 ConvNet steps (PEERS_ONLY="gemm mlp lenet convnet" runs only
+# the sections it names; bench/peers.sh lists its other knobs). Every result
 # is a line "RATIO work=... ours=... peer=... peer_value=... unit=... ratio=...",
 # ratio > 1 meaning nn is better: ours / peer for GFLOP/s, peer / ours for
 # seconds. A missing peer (libopenblas-dev, python3-torch, the data set) is
@@ -111,7 +114,7 @@ HAVE_OPENBLAS = $(shell printf '\043include <cblas.h>\nint main() { openblas_set
   $(CXX) -x c++ - -o /dev/null -lopenblas >/dev/null 2>&1 && echo 1)
 
 bench-peers:
-	@$(MAKE) --no-print-directory $(BUILD)/mlp_fashion
+	@$(MAKE) --no-print-directory $(BUILD)/mlp_fashion $(BUILD)/lenet_fashion $(BUILD)/convnet_fashion
 	@if [ "$(HAVE_OPENBLAS)" = 1 ]; then \
 	  $(MAKE) --no-print-directory $(BUILD)/peers_gemm || exit 1; gemm=$(BUILD)/peers_gemm; \
 	else gemm=""; fi; \

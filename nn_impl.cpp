@@ -493,6 +493,51 @@ Layer Custom(const CustomLayerOps* ops, void* user) {
     return L;
 }
 
+Layer Conv2D(int in_channels, int out_channels, Size2 kernel, Size2 stride, Padding padding, Size2 dilation,
+             int groups, bool bias) {
+    Layer L = make_layer(LayerKind::Conv2D, Act::None);
+    L.in_channels = in_channels;
+    L.out_channels = out_channels;
+    L.kernel = kernel;
+    L.stride = stride;
+    L.padding = padding;
+    L.dilation = dilation;
+    L.groups = groups;
+    L.use_bias = bias;
+    return L;
+}
+static Layer make_pool(LayerKind kind, Size2 kernel, Size2 stride, Size2 padding) {
+    Layer L = make_layer(kind, Act::None);
+    L.kernel = kernel;
+    L.stride = stride.h == 0 && stride.w == 0 ? kernel : stride;
+    L.padding = Padding(padding.h, padding.w);
+    return L;
+}
+Layer MaxPool2D(Size2 kernel, Size2 stride, Size2 padding) {
+    return make_pool(LayerKind::MaxPool2D, kernel, stride, padding);
+}
+Layer AvgPool2D(Size2 kernel, Size2 stride, Size2 padding, bool count_include_pad) {
+    Layer L = make_pool(LayerKind::AvgPool2D, kernel, stride, padding);
+    L.count_include_pad = count_include_pad;
+    return L;
+}
+Layer GlobalAvgPool() { return make_layer(LayerKind::GlobalAvgPool, Act::None); }
+static Layer make_batchnorm(int dims, int num_features, float eps, float momentum, bool affine) {
+    Layer L = make_layer(LayerKind::BatchNorm, Act::None);
+    L.bn_dims = dims;
+    L.in_channels = num_features;
+    L.eps = eps;
+    L.momentum = momentum;
+    L.affine = affine;
+    return L;
+}
+Layer BatchNorm1d(int num_features, float eps, float momentum, bool affine) {
+    return make_batchnorm(1, num_features, eps, momentum, affine);
+}
+Layer BatchNorm2d(int num_features, float eps, float momentum, bool affine) {
+    return make_batchnorm(2, num_features, eps, momentum, affine);
+}
+
 const char* act_name(Act a) {
     switch (a) {
         case Act::None: return "Linear";
@@ -512,6 +557,11 @@ const char* Layer::type_name() const {
         case LayerKind::Dropout: return "Dropout";
         case LayerKind::Flatten: return "Flatten";
         case LayerKind::Custom: return custom && custom->type_name ? custom->type_name : "Custom";
+        case LayerKind::Conv2D: return "Conv2D";
+        case LayerKind::MaxPool2D: return "MaxPool2D";
+        case LayerKind::AvgPool2D: return "AvgPool2D";
+        case LayerKind::GlobalAvgPool: return "GlobalAvgPool";
+        case LayerKind::BatchNorm: return bn_dims == 2 ? "BatchNorm2d" : "BatchNorm1d";
     }
     return "?";
 }
@@ -530,6 +580,109 @@ Status declare_param(Layer& self, const char* name, const Shape& shape) {
     int i = self.n_params++;
     std::snprintf(self.param_name[i], sizeof self.param_name[i], "%s", name);
     self.param_shape[i] = shape;
+    return Status{};
+}
+
+// --- Geometry of the image layers -------------------------------------------
+
+// Conv2D's zero padding on each side along one axis (kernel k, dilation d).
+static int conv_pad(const Layer& L, int k, int d, int explicit_pad) {
+    switch (L.padding.mode) {
+        case PadMode::Explicit: return explicit_pad;
+        case PadMode::Valid: return 0;
+        case PadMode::Same: return d * (k - 1) / 2;
+    }
+    return 0;
+}
+
+// The convolution layer L makes of N samples of shape `in`, or an error
+// naming the layer and the numbers.
+static Status conv_geometry(const Layer& L, const Shape& in, int N, Conv2dGeom* g) {
+    char buf[64];
+    const char* nm = L.name;
+    if (in.ndim != 3)
+        return errorf("Conv2D \"%s\": input shape %s is not (channels, height, width)", nm,
+                      shape_str(in, buf, sizeof buf));
+    const int C = in.dim[0], H = in.dim[1], W = in.dim[2];
+    const Size2 k = L.kernel, st = L.stride, d = L.dilation;
+    if (L.in_channels > 0 && L.in_channels != C)
+        return errorf("Conv2D \"%s\": input has %d channels, layer expects %d", nm, C, L.in_channels);
+    if (L.out_channels < 1) return errorf("Conv2D \"%s\": out_channels must be >= 1 (got %d)", nm, L.out_channels);
+    if (k.h < 1 || k.w < 1) return errorf("Conv2D \"%s\": kernel must be at least 1x1 (got %dx%d)", nm, k.h, k.w);
+    if (st.h < 1 || st.w < 1) return errorf("Conv2D \"%s\": stride must be >= 1 (got %dx%d)", nm, st.h, st.w);
+    if (d.h < 1 || d.w < 1) return errorf("Conv2D \"%s\": dilation must be >= 1 (got %dx%d)", nm, d.h, d.w);
+    if (L.padding.mode == PadMode::Explicit && (L.padding.h < 0 || L.padding.w < 0))
+        return errorf("Conv2D \"%s\": padding must be >= 0 (got %dx%d)", nm, L.padding.h, L.padding.w);
+    if (L.groups < 1) return errorf("Conv2D \"%s\": groups must be >= 1 (got %d)", nm, L.groups);
+    if (C % L.groups != 0)
+        return errorf("Conv2D \"%s\": in_channels %d is not divisible by groups %d", nm, C, L.groups);
+    if (L.out_channels % L.groups != 0)
+        return errorf("Conv2D \"%s\": out_channels %d is not divisible by groups %d", nm, L.out_channels, L.groups);
+    if (L.padding.mode == PadMode::Same && ((d.h * (k.h - 1)) % 2 != 0 || (d.w * (k.w - 1)) % 2 != 0))
+        return errorf("Conv2D \"%s\": padding 'same' for kernel %dx%d with dilation %dx%d needs more padding on "
+                      "one side than the other, which Conv2D does not do; give the padding as numbers",
+                      nm, k.h, k.w, d.h, d.w);
+    Conv2dGeom G{};
+    G.N = N, G.C_in = C, G.H = H, G.W = W;
+    G.C_out = L.out_channels, G.KH = k.h, G.KW = k.w;
+    G.sh = st.h, G.sw = st.w, G.dh = d.h, G.dw = d.w;
+    G.ph = conv_pad(L, k.h, d.h, L.padding.h);
+    G.pw = conv_pad(L, k.w, d.w, L.padding.w);
+    G.groups = L.groups;
+    const long long eh = (long long)d.h * (k.h - 1) + 1, ew = (long long)d.w * (k.w - 1) + 1;
+    if (eh > (long long)H + 2LL * G.ph || ew > (long long)W + 2LL * G.pw)
+        return errorf("Conv2D \"%s\": kernel %dx%d (%lldx%lld with dilation) is larger than the padded input "
+                      "%lldx%lld (%dx%d plus padding %d, %d)", nm, k.h, k.w, eh, ew, (long long)H + 2LL * G.ph,
+                      (long long)W + 2LL * G.pw, H, W, G.ph, G.pw);
+    if (!conv2d_geom_init(G))
+        return errorf("Conv2D \"%s\": input %s with %d output channels is too large (a size passes 2^31)", nm,
+                      shape_str(in, buf, sizeof buf), L.out_channels);
+    *g = G;
+    return Status{};
+}
+
+// The window of a pooling layer over samples of shape `in`.
+static Status pool_geometry(const Layer& L, const Shape& in, PoolGeom* g) {
+    char buf[64];
+    const char* nm = L.name;
+    const char* ty = L.type_name();
+    if (in.ndim != 3)
+        return errorf("%s \"%s\": input shape %s is not (channels, height, width)", ty, nm,
+                      shape_str(in, buf, sizeof buf));
+    const Size2 k = L.kernel, st = L.stride;
+    const int ph = L.padding.h, pw = L.padding.w, H = in.dim[1], W = in.dim[2];
+    if (k.h < 1 || k.w < 1) return errorf("%s \"%s\": kernel must be at least 1x1 (got %dx%d)", ty, nm, k.h, k.w);
+    if (st.h < 1 || st.w < 1) return errorf("%s \"%s\": stride must be >= 1 (got %dx%d)", ty, nm, st.h, st.w);
+    if (ph < 0 || pw < 0 || ph > k.h / 2 || pw > k.w / 2)
+        return errorf("%s \"%s\": padding %dx%d must be between 0 and half the kernel %dx%d", ty, nm, ph, pw, k.h,
+                      k.w);
+    if ((long long)H + 2LL * ph < k.h || (long long)W + 2LL * pw < k.w)
+        return errorf("%s \"%s\": kernel %dx%d is larger than the padded input %dx%d (%dx%d plus padding %d, %d)", ty,
+                      nm, k.h, k.w, H + 2 * ph, W + 2 * pw, H, W, ph, pw);
+    PoolGeom G{};
+    G.kh = k.h, G.kw = k.w, G.sh = st.h, G.sw = st.w, G.ph = ph, G.pw = pw, G.h = H, G.w = W;
+    if (!pool2d_geometry(&G))
+        return errorf("%s \"%s\": input %s is too large", ty, nm, shape_str(in, buf, sizeof buf));
+    *g = G;
+    return Status{};
+}
+
+// BatchNorm's channels C and values per channel per sample (the plane).
+static Status batchnorm_geometry(const Layer& L, const Shape& in, int* C, size_t* plane) {
+    char buf[64];
+    const char* nm = L.name;
+    const char* ty = L.type_name();
+    if (L.bn_dims == 2 ? in.ndim != 3 : (in.ndim != 1 && in.ndim != 2))
+        return errorf("%s \"%s\": input shape %s is not %s", ty, nm, shape_str(in, buf, sizeof buf),
+                      L.bn_dims == 2 ? "(channels, height, width)" : "(features) or (features, length)");
+    if (L.in_channels > 0 && L.in_channels != in.dim[0])
+        return errorf("%s \"%s\": input has %d channels, layer expects num_features %d", ty, nm, in.dim[0],
+                      L.in_channels);
+    if (!(L.eps > 0.0f)) return errorf("%s \"%s\": eps must be > 0 (got %g)", ty, nm, (double)L.eps);
+    if (!(L.momentum >= 0.0f && L.momentum <= 1.0f))
+        return errorf("%s \"%s\": momentum must be in [0, 1] (got %g)", ty, nm, (double)L.momentum);
+    *C = in.dim[0];
+    *plane = in.numel() / (size_t)in.dim[0];
     return Status{};
 }
 
@@ -573,6 +726,32 @@ Status output_shape(const Layer& L, const Shape& in, Shape* out) {
                 return Status{};
             }
             return L.custom->output_shape(L, in, out);
+        case LayerKind::Conv2D: {
+            Conv2dGeom g;
+            Status st = conv_geometry(L, in, 1, &g);
+            if (st) *out = make_shape({g.C_out, g.OH, g.OW});
+            return st;
+        }
+        case LayerKind::MaxPool2D:
+        case LayerKind::AvgPool2D: {
+            PoolGeom g;
+            Status st = pool_geometry(L, in, &g);
+            if (st) *out = make_shape({in.dim[0], g.oh, g.ow});
+            return st;
+        }
+        case LayerKind::GlobalAvgPool:
+            if (in.ndim != 3)
+                return errorf("GlobalAvgPool \"%s\": input shape %s is not (channels, height, width)", L.name,
+                              shape_str(in, buf, sizeof buf));
+            *out = make_shape({in.dim[0]});
+            return Status{};
+        case LayerKind::BatchNorm: {
+            int C;
+            size_t plane;
+            Status st = batchnorm_geometry(L, in, &C, &plane);
+            if (st) *out = in;
+            return st;
+        }
     }
     return errorf("layer \"%s\": unknown kind", L.name);
 }
@@ -587,6 +766,66 @@ static void dense_init(Layer& L, Rng& rng) {
         for (int j = 0; j < L.units; ++j) L.params[1].data[j] = rng.uniform(-bound, bound);
 }
 
+// Conv2D: Kaiming-uniform with a = sqrt(5) as torch.nn.Conv2d, weight and
+// bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in/groups * kh * kw.
+static void conv_init(Layer& L, Rng& rng) {
+    const Tensor& w = L.params[0];
+    const float bound = 1.0f / std::sqrt((float)(w.numel() / (size_t)L.out_channels));
+    for (size_t i = 0; i < w.numel(); ++i) w.data[i] = rng.uniform(-bound, bound);
+    if (L.use_bias)
+        for (int j = 0; j < L.out_channels; ++j) L.params[1].data[j] = rng.uniform(-bound, bound);
+}
+
+// BatchNorm's parameters: [weight, bias,] running_mean, running_var.
+static int bn_running(const Layer& L) { return L.affine ? 2 : 0; }
+
+// gamma 1, beta 0, running mean 0, running variance 1 (PyTorch).
+static void batchnorm_init(Layer& L) {
+    const int C = L.in_channels, r = bn_running(L);
+    for (int c = 0; c < C; ++c) {
+        if (L.affine) L.params[0].data[c] = 1.0f, L.params[1].data[c] = 0.0f;
+        L.params[r].data[c] = 0.0f;
+        L.params[r + 1].data[c] = 1.0f;
+    }
+}
+
+// Declares the parameters of a layer on input samples of shape `in`.
+static Status declare_layer_params(Layer& b, const Shape& in) {
+    Status st;
+    switch (b.kind) {
+        case LayerKind::Dense:
+            b.in_features = in.dim[0];
+            b.n_params = 0;
+            st = declare_param(b, "weight", make_shape({b.units, b.in_features}));
+            if (st && b.use_bias) st = declare_param(b, "bias", make_shape({b.units}));
+            break;
+        case LayerKind::Conv2D:
+            b.in_channels = in.dim[0];
+            b.n_params = 0;
+            st = declare_param(b, "weight", make_shape({b.out_channels, b.in_channels / b.groups, b.kernel.h,
+                                                        b.kernel.w}));
+            if (st && b.use_bias) st = declare_param(b, "bias", make_shape({b.out_channels}));
+            break;
+        case LayerKind::BatchNorm:
+            b.in_channels = in.dim[0];
+            b.n_params = 0;
+            if (b.affine) st = declare_param(b, "weight", make_shape({b.in_channels}));
+            if (st && b.affine) st = declare_param(b, "bias", make_shape({b.in_channels}));
+            if (st) st = declare_param(b, "running_mean", make_shape({b.in_channels}));
+            if (st) st = declare_param(b, "running_var", make_shape({b.in_channels}));
+            if (st) b.buffer[b.n_params - 2] = b.buffer[b.n_params - 1] = true;
+            break;
+        case LayerKind::Custom:
+            if (b.custom->declare) {
+                b.n_params = 0;
+                st = b.custom->declare(b, in);
+            }
+            break;
+        default: break;
+    }
+    return st;
+}
+
 Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t seed) {
     if (max_batch < 1) return errorf("layer \"%s\": max_batch must be >= 1 (got %d)", L.name, max_batch);
     Shape out;
@@ -596,21 +835,31 @@ Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t se
     b.in_shape = in;
     b.out_shape = out;
     b.max_batch = max_batch;
-    if (b.kind == LayerKind::Dense) {
-        b.in_features = in.dim[0];
-        b.n_params = 0;
-        st = declare_param(b, "weight", make_shape({b.units, b.in_features}));
-        if (st && b.use_bias) st = declare_param(b, "bias", make_shape({b.units}));
-        if (!st) return st;
-    } else if (b.kind == LayerKind::Custom && b.custom->declare) {
-        b.n_params = 0;
-        st = b.custom->declare(b, in);
-        if (!st) return st;
-    }
+    for (bool& f : b.buffer) f = false;
+    if (!(st = declare_layer_params(b, in))) return st;
     const size_t rows_out = (size_t)max_batch * out.numel();
     for (int i = 0; i < b.n_params; ++i) {
         if (st) st = tensor_alloc(arena, b.param_shape[i], &b.params[i], b.name);
-        if (st) st = tensor_alloc(arena, b.param_shape[i], &b.grads[i], b.name);
+        if (st && !b.buffer[i]) st = tensor_alloc(arena, b.param_shape[i], &b.grads[i], b.name);
+        if (b.buffer[i]) b.grads[i] = Tensor{};
+    }
+    if (b.kind == LayerKind::Conv2D) {
+        Conv2dGeom g;
+        if (!(st = conv_geometry(b, in, max_batch, &g))) return st;
+        const size_t col = conv2d_scratch_floats(g), pack = conv2d_pack_floats(g);
+        if (col) b.scratch = arena.alloc_floats(col, &st, b.name);
+        if (!b.pack && !b.pack_shared && pack) {
+            b.pack_slots = 1;
+            b.pack_stride = pack;
+            b.pack = arena.alloc_floats(pack, &st, b.name);
+        }
+    }
+    if (b.kind == LayerKind::BatchNorm) b.scratch = arena.alloc_floats(2 * (size_t)b.in_channels, &st, b.name);
+    if (b.kind == LayerKind::MaxPool2D) {
+        size_t bytes = 0;
+        if (!size_mul(rows_out, sizeof(int32_t), &bytes))
+            return errorf("MaxPool2D \"%s\": %zu argmax indices overflow", b.name, rows_out);
+        b.indices = static_cast<int32_t*>(arena.alloc(bytes, &st, b.name));
     }
     if (b.kind == LayerKind::Dense) {
         if (b.act != Act::None) b.scratch = arena.alloc_floats(rows_out, &st, b.name);
@@ -631,8 +880,10 @@ Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t se
     if (!arena.measuring) {
         Rng init_rng(seed);
         if (b.kind == LayerKind::Dense) dense_init(b, init_rng);
+        if (b.kind == LayerKind::Conv2D) conv_init(b, init_rng);
+        if (b.kind == LayerKind::BatchNorm) batchnorm_init(b);
         if (b.kind == LayerKind::Custom && b.custom->init) b.custom->init(b, init_rng);
-        for (int i = 0; i < b.n_params; ++i) std::memset(b.grads[i].data, 0, b.grads[i].numel() * sizeof(float));
+        zero_grad(b);
     }
     L = b;
     return Status{};
@@ -796,6 +1047,72 @@ static void dense_backward_z(Layer& L, float* dx, const float* dz, const float* 
     }
 }
 
+// --- Image layers: geometry from the layer, then one kernel ---------------------
+
+// x (B, C_in, H, W) -> y (B, C_out, OH, OW), by kernels/conv.hpp's path.
+static void conv_layer_forward(Layer& L, float* y, const float* x, int B) {
+    Conv2dGeom g;
+    const Status st = conv_geometry(L, L.in_shape, B, &g);
+    NN_ASSERT(st.ok());  // build checked it
+    (void)st;
+    conv2d_forward(y, x, L.params[0].data, L.use_bias ? L.params[1].data : nullptr, g, L.scratch, L.pack);
+}
+
+// dx = dL/dx (when wanted), dW += ..., db += ... (or = with overwrite).
+static void conv_layer_backward(Layer& L, float* dx, const float* dy, const float* x, int B, bool overwrite) {
+    Conv2dGeom g;
+    const Status st = conv_geometry(L, L.in_shape, B, &g);
+    NN_ASSERT(st.ok());
+    (void)st;
+    if (overwrite) zero_grad(L);
+    conv2d_backward(dx, L.grads[0].data, L.use_bias ? L.grads[1].data : nullptr, dy, x, L.params[0].data, g,
+                    L.scratch, L.pack);
+}
+
+static PoolGeom layer_pool_geometry(const Layer& L) {
+    PoolGeom g;
+    const Status st = pool_geometry(L, L.in_shape, &g);
+    NN_ASSERT(st.ok());
+    (void)st;
+    return g;
+}
+
+// Training normalises with the batch's statistics and updates the running
+// ones; eval uses the running ones. The batch's mean and 1/std stay in
+// scratch for backward.
+static Status batchnorm_layer_forward(Layer& L, float* y, const float* x, int B, Mode mode) {
+    const size_t C = (size_t)L.in_channels, plane = L.in_shape.numel() / C;
+    const int r = bn_running(L);
+    const float* gamma = L.affine ? L.params[0].data : nullptr;
+    const float* beta = L.affine ? L.params[1].data : nullptr;
+    float *rm = L.params[r].data, *rv = L.params[r + 1].data;
+    if (mode == Mode::Eval) {
+        batchnorm_forward_eval(y, x, gamma, beta, rm, rv, L.eps, (size_t)B, C, plane);
+        return Status{};
+    }
+    if ((size_t)B * plane < 2)
+        return errorf("%s \"%s\": training needs more than one value per channel (got a batch of %d x %zu); "
+                      "use batches of 2 or more", L.type_name(), L.name, B, plane);
+    batchnorm_forward_train(y, L.scratch, L.scratch + C, rm, rv, x, gamma, beta, L.momentum, L.eps, (size_t)B, C,
+                            plane);
+    return Status{};
+}
+
+static void batchnorm_layer_backward(Layer& L, float* dx, const float* dy, const float* x, int B,
+                                     bool overwrite) {
+    const size_t C = (size_t)L.in_channels, plane = L.in_shape.numel() / C;
+    const int r = bn_running(L);
+    const float* gamma = L.affine ? L.params[0].data : nullptr;
+    float* dgamma = L.affine ? L.grads[0].data : nullptr;
+    float* dbeta = L.affine ? L.grads[1].data : nullptr;
+    if (overwrite) zero_grad(L);
+    if (L.last_mode == Mode::Train)
+        batchnorm_backward_train(dx, dgamma, dbeta, dy, x, L.scratch, L.scratch + C, gamma, (size_t)B, C, plane);
+    else
+        batchnorm_backward_eval(dx, dgamma, dbeta, L.scratch + C, dy, x, L.params[r].data, L.params[r + 1].data,
+                                gamma, L.eps, (size_t)B, C, plane);
+}
+
 Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
     Status st = check_io(L, y, x, "forward output", L.out_shape);
     if (!st) return st;
@@ -821,6 +1138,20 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
             if (y.data != x.data) std::memcpy(y.data, x.data, n * sizeof(float));
             break;
         case LayerKind::Custom: L.custom->forward(L, y, x, mode); break;
+        case LayerKind::Conv2D: conv_layer_forward(L, y.data, x.data, B); break;
+        case LayerKind::MaxPool2D:
+            maxpool2d_forward(y.data, L.indices, x.data, layer_pool_geometry(L), (size_t)B,
+                              (size_t)L.in_shape.dim[0]);
+            break;
+        case LayerKind::AvgPool2D:
+            avgpool2d_forward(y.data, x.data, layer_pool_geometry(L), L.count_include_pad, (size_t)B,
+                              (size_t)L.in_shape.dim[0]);
+            break;
+        case LayerKind::GlobalAvgPool:
+            global_avgpool_forward(y.data, x.data, (size_t)B, (size_t)L.in_shape.dim[0],
+                                   (size_t)L.in_shape.dim[1] * (size_t)L.in_shape.dim[2]);
+            break;
+        case LayerKind::BatchNorm: return batchnorm_layer_forward(L, y.data, x.data, B, mode);
     }
     return Status{};
 }
@@ -861,6 +1192,23 @@ static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor&
             if (overwrite_grads) zero_grad(L);  // custom layers accumulate
             L.custom->backward(L, dx, dy, x, y);
             break;
+        case LayerKind::Conv2D: conv_layer_backward(L, dx.data, dy.data, x.data, B, overwrite_grads); break;
+        case LayerKind::MaxPool2D:
+            if (dx.data)
+                maxpool2d_backward(dx.data, dy.data, L.indices, layer_pool_geometry(L), (size_t)B,
+                                   (size_t)L.in_shape.dim[0]);
+            break;
+        case LayerKind::AvgPool2D:
+            if (dx.data)
+                avgpool2d_backward(dx.data, dy.data, layer_pool_geometry(L), L.count_include_pad, (size_t)B,
+                                   (size_t)L.in_shape.dim[0]);
+            break;
+        case LayerKind::GlobalAvgPool:
+            if (dx.data)
+                global_avgpool_backward(dx.data, dy.data, (size_t)B, (size_t)L.in_shape.dim[0],
+                                        (size_t)L.in_shape.dim[1] * (size_t)L.in_shape.dim[2]);
+            break;
+        case LayerKind::BatchNorm: batchnorm_layer_backward(L, dx.data, dy.data, x.data, B, overwrite_grads); break;
     }
     return Status{};
 }
@@ -895,13 +1243,16 @@ int layer_params(Layer& L, Param* out, int cap) {
         out[k].value = L.params[i].data;
         out[k].grad = L.grads[i].data;
         out[k].size = L.params[i].numel();
-        out[k].trainable = !L.frozen;
+        out[k].trainable = !L.frozen && !L.buffer[i];
     }
     return k;
 }
 
+// Dense and Conv2D weights (Keras's kernel_regularizer).
+static bool has_kernel(const Layer& L) { return L.kind == LayerKind::Dense || L.kind == LayerKind::Conv2D; }
+
 float regularization_loss(const Layer& L) {
-    if (L.kind != LayerKind::Dense || (L.l1 == 0.0f && L.l2 == 0.0f) || !L.params[0].data) return 0.0f;
+    if (!has_kernel(L) || (L.l1 == 0.0f && L.l2 == 0.0f) || !L.params[0].data) return 0.0f;
     const Tensor& w = L.params[0];
     double a = 0.0, s = 0.0;
     for (size_t i = 0; i < w.numel(); ++i) {
@@ -913,7 +1264,7 @@ float regularization_loss(const Layer& L) {
 
 // d/dw (l1 |w| + l2 w^2) = l1 sign(w) + 2 l2 w, added to the weight gradient
 void regularization_backward(Layer& L) {
-    if (L.kind != LayerKind::Dense || (L.l1 == 0.0f && L.l2 == 0.0f) || !L.params[0].data) return;
+    if (!has_kernel(L) || (L.l1 == 0.0f && L.l2 == 0.0f) || !L.params[0].data) return;
     const Tensor& w = L.params[0];
     float* g = L.grads[0].data;
     const float two_l2 = 2.0f * L.l2, l1 = L.l1;
@@ -2465,10 +2816,14 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
         const Layer& L = c->layers[i];
         Shape out;
         if (!(st = output_shape(L, in, &out))) return st;
-        if (L.kind == LayerKind::Dense) {
-            const size_t need = dense_pack_floats((int)in.numel(), L.units, o.max_batch);
-            stride = need > stride ? need : stride;
+        size_t need = 0;
+        if (L.kind == LayerKind::Dense) need = dense_pack_floats((int)in.numel(), L.units, o.max_batch);
+        if (L.kind == LayerKind::Conv2D) {
+            Conv2dGeom g;
+            if (!(st = conv_geometry(L, in, o.max_batch, &g))) return st;
+            need = conv2d_pack_floats(g);
         }
+        stride = need > stride ? need : stride;
         in = out;
     }
     stride = gemm_round_up(stride, kArenaAlign / sizeof(float));  // every slot 64-byte aligned
@@ -2976,6 +3331,8 @@ Status Model::fit(const Dataset& train, const FitOptions& o) {
     if (!(o.validation_split >= 0.0f && o.validation_split < 1.0f))
         return errorf("model: validation_split must be in [0, 1) (got %g)", (double)o.validation_split);
     if (o.verbose < 0 || o.verbose > 2) return errorf("model: verbose must be 0, 1 or 2 (got %d)", o.verbose);
+    if (o.steps_per_epoch < 0)
+        return errorf("model: steps_per_epoch must be >= 0 (got %lld)", (long long)o.steps_per_epoch);
     const Dataset* val = o.validation;
     size_t n_train = train.n, val_first = 0, n_val = 0;
     if (val) {
@@ -3005,6 +3362,7 @@ Status Model::fit(const Dataset& train, const FitOptions& o) {
 #endif
     bar.verbose = o.verbose;
     bar.total = it.batches_per_epoch();
+    if (o.steps_per_epoch > 0 && (size_t)o.steps_per_epoch < bar.total) bar.total = (size_t)o.steps_per_epoch;
     bar.metric = metric_name(options.metric);
     bar.has_metric = k != Metric::None;
 #ifndef NN_NO_FTZ
@@ -3021,7 +3379,7 @@ Status Model::fit(const Dataset& train, const FitOptions& o) {
         size_t seen = 0, step = 0;
         const uint32_t* idx;
         int B;
-        while ((B = it.next(&idx)) > 0) {
+        while (step < bar.total && (B = it.next(&idx)) > 0) {
             Target t = load_batch(*this, train, idx, B);
             float loss = 0;
             st = train_step(B, t, &loss);
@@ -3042,6 +3400,7 @@ Status Model::fit(const Dataset& train, const FitOptions& o) {
         if (!st) break;
         optimizer.end_epoch();
         es.seconds = now_seconds() - bar.start;
+        es.steps = (int64_t)step;
         es.loss = loss_sum / (double)seen;
         es.metric = hits / (double)seen;
         if (val) {
@@ -3095,13 +3454,20 @@ Status History::write_csv(const char* path) const {
 }
 
 // Parameters of a layer before it is built (Dense knows its own).
+// Parameters a layer has, or will have once built (running statistics are
+// not trainable).
 static size_t planned_params(const Layer& L, bool trainable_only) {
     if (trainable_only && L.frozen) return 0;
-    if (L.kind == LayerKind::Dense && !L.built) {
-        const size_t in = L.in_shape.ndim ? L.in_shape.numel() : (size_t)L.in_features;
-        return in * (size_t)L.units + (L.use_bias ? (size_t)L.units : 0);
+    Layer c = L;
+    if (!L.built && L.kind != LayerKind::Custom) {
+        Shape in = L.in_shape;
+        if (in.ndim == 0 && L.kind == LayerKind::Dense) in = make_shape({L.in_features});
+        if (in.ndim == 0 || !declare_layer_params(c, in).ok()) return 0;
     }
-    return L.param_count();
+    size_t n = 0;
+    for (int i = 0; i < c.n_params; ++i)
+        if (!(trainable_only && c.buffer[i])) n += c.param_shape[i].numel();
+    return n;
 }
 
 size_t Model::param_count(bool trainable_only) const {
@@ -3162,8 +3528,8 @@ void Model::summary(FILE* out) const {
 // ===========================================================================
 
 // L = sum_i y_i r_i for the layer's output y on x, in eval mode.
-static double probe_loss(Layer& L, Tensor y, const Tensor& x, const float* r) {
-    forward(L, y, x, Mode::Eval);
+static double probe_loss(Layer& L, Tensor y, const Tensor& x, const float* r, Mode mode) {
+    forward(L, y, x, mode);
     double s = 0;
     for (size_t i = 0; i < y.numel(); ++i) s += (double)y.data[i] * r[i];
     return s;
@@ -3171,15 +3537,16 @@ static double probe_loss(Layer& L, Tensor y, const Tensor& x, const float* r) {
 
 // Compares analytic[i] with the central difference of probe_loss in v[i],
 // for up to max_checks evenly spread elements.
-static void check_tensor(Layer& L, Tensor y, const Tensor& x, const float* r, float* v, const float* analytic,
-                         size_t n, float h, int max_checks, const char* name, GradCheckResult* res) {
+static void check_tensor(Layer& L, Tensor y, const Tensor& x, const float* r, Mode mode, float* v,
+                         const float* analytic, size_t n, float h, int max_checks, const char* name,
+                         GradCheckResult* res) {
     const size_t stride = max_checks > 0 && n > (size_t)max_checks ? n / (size_t)max_checks : 1;
     for (size_t i = 0; i < n; i += stride) {
         const float old = v[i];
         v[i] = old + h;
-        const double lp = probe_loss(L, y, x, r);
+        const double lp = probe_loss(L, y, x, r, mode);
         v[i] = old - h;
-        const double lm = probe_loss(L, y, x, r);
+        const double lm = probe_loss(L, y, x, r, mode);
         v[i] = old;
         const double numeric = (lp - lm) / (2.0 * (double)h);
         const double a = analytic[i];
@@ -3197,7 +3564,7 @@ static void check_tensor(Layer& L, Tensor y, const Tensor& x, const float* r, fl
 }
 
 Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult* out, float h, double tol,
-                      int max_checks) {
+                      int max_checks, Mode mode) {
     if (!L.built) return errorf("gradient_check: layer \"%s\" is not built", L.name);
     if (!(h > 0.0f)) return errorf("gradient_check: step h must be > 0 (got %g)", (double)h);
     const int B = x.shape.dim[0];
@@ -3209,8 +3576,8 @@ Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult
     float* r = st ? scratch.alloc_floats(ys.numel(), &st, "gradient_check probe") : nullptr;
     if (st) st = tensor_alloc(scratch, x.shape, &dx, "gradient_check input gradient");
     float* saved[kMaxParams] = {nullptr};
-    for (int k = 0; k < L.n_params && st; ++k)
-        saved[k] = scratch.alloc_floats(L.grads[k].numel(), &st, "gradient_check saved gradients");
+    for (int k = 0; k < L.n_params && st; ++k)  // gradients, and the buffers Train mode updates
+        saved[k] = scratch.alloc_floats(L.params[k].numel(), &st, "gradient_check saved gradients");
     if (!st || scratch.measuring) {
         scratch.reset(mark);
         return st;
@@ -3219,21 +3586,23 @@ Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult
     for (size_t i = 0; i < ys.numel(); ++i) r[i] = rng.uniform(-1.0f, 1.0f);
     // The caller's accumulated gradients are put back afterwards.
     for (int k = 0; k < L.n_params; ++k)
-        std::memcpy(saved[k], L.grads[k].data, L.grads[k].numel() * sizeof(float));
+        std::memcpy(saved[k], L.buffer[k] ? L.params[k].data : L.grads[k].data,
+                    L.params[k].numel() * sizeof(float));
     zero_grad(L);
-    st = forward(L, y, x, Mode::Eval);
+    st = forward(L, y, x, mode);
     if (st) st = backward(L, dx, tensor_view(r, ys), x, y);
     if (st) {
         GradCheckResult res;
-        check_tensor(L, y, x, r, x.data, dx.data, x.numel(), h, max_checks, "input", &res);
+        check_tensor(L, y, x, r, mode, x.data, dx.data, x.numel(), h, max_checks, "input", &res);
         for (int k = 0; k < L.n_params; ++k)
-            check_tensor(L, y, x, r, L.params[k].data, L.grads[k].data, L.params[k].numel(), h, max_checks,
-                         L.param_name[k], &res);
+            if (!L.buffer[k])
+                check_tensor(L, y, x, r, mode, L.params[k].data, L.grads[k].data, L.params[k].numel(), h,
+                             max_checks, L.param_name[k], &res);
         res.passed = res.max_rel_err <= tol;
         *out = res;
     }
     for (int k = 0; k < L.n_params; ++k)
-        std::memcpy(L.grads[k].data, saved[k], L.grads[k].numel() * sizeof(float));
+        std::memcpy(L.buffer[k] ? L.params[k].data : L.grads[k].data, saved[k], L.params[k].numel() * sizeof(float));
     scratch.reset(mark);
     return st;
 }

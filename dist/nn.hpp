@@ -194,8 +194,32 @@ struct Rng {
 // Layers: one tagged struct, dispatched by `kind` in forward/backward.
 // ===========================================================================
 enum class Act : uint8_t { None, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax };
-enum class LayerKind : uint8_t { Dense, Activation, Dropout, Flatten, Custom };
+enum class LayerKind : uint8_t {
+    Dense, Activation, Dropout, Flatten, Custom,
+    Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, BatchNorm
+};
 enum class Mode : uint8_t { Eval, Train };
+
+// Rows x columns of a window, stride, padding or dilation; one number means
+// both, as in PyTorch (`5` is 5x5, `{5, 3}` is 5 rows by 3 columns).
+struct Size2 {
+    int h = 0, w = 0;
+    Size2(int both = 0) : h(both), w(both) {}
+    Size2(int rows, int cols) : h(rows), w(cols) {}
+};
+// Conv2D padding: explicit rows/columns of zeros on each side, or Keras's
+// modes. Same pads dilation * (kernel - 1) / 2 on each side (output size
+// ceil(input / stride)); it needs dilation * (kernel - 1) even. Valid is 0.
+enum class PadMode : uint8_t { Explicit, Same, Valid };
+struct Padding {
+    int h = 0, w = 0;
+    PadMode mode = PadMode::Explicit;
+    Padding(int both = 0) : h(both), w(both) {}
+    Padding(int rows, int cols) : h(rows), w(cols) {}
+    Padding(PadMode m) : mode(m) {}
+};
+constexpr PadMode Same = PadMode::Same;
+constexpr PadMode Valid = PadMode::Valid;
 
 constexpr int kMaxParams = 4;
 struct Layer;
@@ -246,6 +270,22 @@ struct Layer {
     // Dropout (inverted): zero with probability `rate`, scale by 1/(1-rate).
     float rate = 0.0f;
 
+    // Conv2D: y = x (*) W + b over (C, H, W) samples, weight
+    // [out_channels, in_channels / groups, kh, kw] as in PyTorch.
+    // MaxPool2D / AvgPool2D use kernel, stride and padding too.
+    int in_channels = 0;  // also BatchNorm's num_features; 0: from the input
+    int out_channels = 0;
+    Size2 kernel, stride{1}, dilation{1};
+    Padding padding;
+    int groups = 1;
+    bool count_include_pad = true;  // AvgPool2D's divisor (PyTorch's default)
+
+    // BatchNorm (1d on (C) or (C, L) samples, 2d on (C, H, W)): PyTorch's
+    // semantics; running_mean and running_var are non-trainable parameters.
+    float eps = 1e-5f, momentum = 0.1f;
+    bool affine = true;
+    int bn_dims = 1;  // 1 or 2: which input shapes the layer accepts
+
     // Custom
     const CustomLayerOps* custom = nullptr;
     void* user = nullptr;  // whatever the custom layer needs
@@ -255,7 +295,8 @@ struct Layer {
     char param_name[kMaxParams][16] = {{0}};
     Shape param_shape[kMaxParams];
     Tensor params[kMaxParams];
-    Tensor grads[kMaxParams];
+    Tensor grads[kMaxParams];   // null for buffers
+    bool buffer[kMaxParams] = {false};  // state, not trained (running statistics)
     bool frozen = false;  // excluded from optimizer steps
 
     // Set by build().
@@ -264,9 +305,12 @@ struct Layer {
     bool built = false;
     // Scratch carved by build(): gradient before the activation (Dense),
     // logits kept for a fused softmax cross-entropy, the dropout mask.
+    // Conv2D: the im2col matrix of one sample. BatchNorm: the batch's mean
+    // and 1/std per channel. MaxPool2D: the argmax of every output.
     float* scratch = nullptr;
     float* logits = nullptr;
     float* mask = nullptr;
+    int32_t* indices = nullptr;
     Mode last_mode = Mode::Eval;  // the mode of the last forward (dropout)
     // GEMM packing scratch: pack_slots buffers of pack_stride floats, one
     // per thread (pack_stride 0 means gemm_pack_floats(), enough for any
@@ -300,6 +344,15 @@ Layer Linear();  // identity activation
 Layer Dropout(float rate);
 Layer Flatten();
 Layer Custom(const CustomLayerOps* ops, void* user = nullptr);
+// PyTorch's argument order. in_channels 0 takes the input's channel count.
+Layer Conv2D(int in_channels, int out_channels, Size2 kernel, Size2 stride = 1, Padding padding = 0,
+             Size2 dilation = 1, int groups = 1, bool bias = true);
+// stride 0 means the window size (PyTorch's default).
+Layer MaxPool2D(Size2 kernel, Size2 stride = 0, Size2 padding = 0);
+Layer AvgPool2D(Size2 kernel, Size2 stride = 0, Size2 padding = 0, bool count_include_pad = true);
+Layer GlobalAvgPool();  // (C, H, W) -> (C): the mean of each plane
+Layer BatchNorm1d(int num_features = 0, float eps = 1e-5f, float momentum = 0.1f, bool affine = true);
+Layer BatchNorm2d(int num_features = 0, float eps = 1e-5f, float momentum = 0.1f, bool affine = true);
 const char* act_name(Act a);
 
 // Custom layers call this from their `declare` hook.
@@ -559,6 +612,7 @@ struct FitOptions {
     uint64_t seed = 0;
     float validation_split = 0.0f;         // last fraction of the training set
     const Dataset* validation = nullptr;  // or an explicit set
+    int64_t steps_per_epoch = 0;           // > 0: end each epoch after that many batches
     int verbose = 1;                       // 0 silent, 1 progress bar, 2 line/epoch
     FILE* out = nullptr;                   // progress stream (stdout)
     // Called after every training step (Keras's on_train_batch_end).
@@ -572,6 +626,7 @@ struct EpochStats {
     double val_loss = 0, val_metric = 0;
     bool has_val = false;
     double seconds = 0;
+    int64_t steps = 0;  // training steps the epoch took
     double lr = 0;
 };
 struct History {
@@ -650,9 +705,10 @@ struct GradCheckResult {
 };
 // Checks dL/dx and dL/dparam of a built layer on input x for the loss
 // L = sum(y * r) with a fixed random r. Compares every element (or the first
-// max_checks per tensor) with (L(v+h) - L(v-h)) / 2h.
+// max_checks per tensor) with (L(v+h) - L(v-h)) / 2h. `mode` is the mode of
+// every forward pass (Train checks BatchNorm with batch statistics).
 Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult* out,
-                      float h = 1e-2f, double tol = 2e-2, int max_checks = 64);
+                      float h = 1e-2f, double tol = 2e-2, int max_checks = 64, Mode mode = Mode::Eval);
 
 // ===========================================================================
 // Runtime switches

@@ -13,6 +13,7 @@ struct ExampleArgs {
     int epochs = 0;  // 0: the example's default
     int batch = 0;
     int threads = 0;  // 0: NN_NUM_THREADS, else 1
+    long steps = 0;   // > 0: batches per epoch (a short timing run)
     unsigned long long seed = 0;
     const char* data = nullptr;
     int verbose = 1;
@@ -20,7 +21,8 @@ struct ExampleArgs {
 
 inline void example_usage(const char* prog) {
     std::fprintf(stderr,
-                 "usage: %s [--epochs N] [--batch B] [--threads T] [--data DIR] [--seed S] [--verbose 0|1|2]\n", prog);
+                 "usage: %s [--epochs N] [--batch B] [--threads T] [--steps N] [--data DIR] [--seed S]\n"
+                 "          [--verbose 0|1|2]\n", prog);
 }
 
 // Parses the common flags; exits with a message on anything else.
@@ -50,6 +52,7 @@ inline ExampleArgs parse_args(int argc, char** argv) {
         if (!std::strcmp(f, "--epochs")) a.epochs = (int)number(f, 1);
         else if (!std::strcmp(f, "--batch")) a.batch = (int)number(f, 1);
         else if (!std::strcmp(f, "--threads")) a.threads = (int)number(f, 1);
+        else if (!std::strcmp(f, "--steps")) a.steps = number(f, 1);
         else if (!std::strcmp(f, "--seed")) a.seed = (unsigned long long)number(f, 0);
         else if (!std::strcmp(f, "--verbose")) a.verbose = (int)number(f, 0);
         else if (!std::strcmp(f, "--data")) { need(f); a.data = v; ++i; }
@@ -89,11 +92,23 @@ inline double mean_epoch_seconds(const nn::History& h) {
     return h.epochs.empty() ? 0.0 : s / (double)h.epochs.size();
 }
 
+inline double mean_epoch_steps(const nn::History& h) {
+    double s = 0;
+    for (const nn::EpochStats& e : h.epochs) s += (double)e.steps;
+    return h.epochs.empty() ? 0.0 : s / (double)h.epochs.size();
+}
+
+// The line scripts read (bench/peers.sh). steps_per_epoch > 0 adds it and
+// the mean milliseconds per step.
 inline void print_result(const char* name, int epochs, double seconds_per_epoch, double test_acc,
-                         size_t arena_bytes, double allocs_per_step) {
+                         size_t arena_bytes, double allocs_per_step, double steps_per_epoch = 0) {
     std::printf("RESULT example=%s epochs=%d seconds_per_epoch=%.3f test_acc=%.4f arena_bytes=%zu "
-                "heap_allocs_per_step=%g\n",
+                "heap_allocs_per_step=%g",
                 name, epochs, seconds_per_epoch, test_acc, arena_bytes, allocs_per_step);
+    if (steps_per_epoch > 0)
+        std::printf(" steps_per_epoch=%.0f ms_per_step=%.3f", steps_per_epoch,
+                    1000.0 * seconds_per_epoch / steps_per_epoch);
+    std::printf("\n");
 }
 
 inline int fail(const nn::Status& st) {

@@ -34,8 +34,8 @@
 // Eval backward (running statistics are constants):
 //   dx = dy gamma / sqrt(running_var + eps),   dgamma += sum dy xhat_running,
 //   dbeta += sum dy.
-// dx is written; dgamma and dbeta accumulate and may be null (affine=False,
-// or frozen parameters).
+// dx is written; dx may be null (no input gradient wanted), and dgamma and
+// dbeta accumulate and may be null (affine=False, or frozen parameters).
 //
 // Numerics. The statistics are sums over a channel: the plain loops sum in
 // double; the vector loops sum in float lanes for at most simd::kSumVectors
@@ -149,11 +149,12 @@ inline void backward_channels(float* dx, float* dgamma, float* dbeta, const floa
         if (dgamma) dgamma[c] += (float)(sdyd * is);
         const float a = train ? (float)(sdy / (double)M) : 0.0f;
         const float b = train ? (float)(sdyd * is * is / (double)M) : 0.0f;
-        for (size_t n = 0; n < N; ++n)
-            for (size_t l = 0; l < L; ++l) {
-                const size_t i = (n * C + c) * L + l;
-                dx[i] = k * (dy[i] - a - (x[i] - m) * b);
-            }
+        if (dx)
+            for (size_t n = 0; n < N; ++n)
+                for (size_t l = 0; l < L; ++l) {
+                    const size_t i = (n * C + c) * L + l;
+                    dx[i] = k * (dy[i] - a - (x[i] - m) * b);
+                }
     }
 }
 
@@ -329,7 +330,7 @@ inline void backward_block(float* dx, float* dgamma, float* dbeta, const float* 
             bv = vf::load_aligned(b);
         }
     }
-    for (size_t n = 0; n < N; ++n) {  // n: rows
+    for (size_t n = 0; dx && n < N; ++n) {  // n: rows
         const vf g = vf::load_unaligned(dy + n * C + c), d = vf::load_unaligned(x + n * C + c) - mv;
         (kv * xsimd::fnma(d, bv, g - av)).store_unaligned(dx + n * C + c);
     }
@@ -352,7 +353,7 @@ inline void backward_any(float* dx, float* dgamma, float* dbeta, const float* dy
             if (dgamma) dgamma[c] += (float)(sdyd * is);
             const float a = train ? (float)(sdy / (double)M) : 0.0f;
             const float b = train ? (float)(sdyd * is * is / (double)M) : 0.0f;
-            for (size_t n = 0; n < N; ++n) {
+            for (size_t n = 0; dx && n < N; ++n) {
                 const size_t o = (n * C + c) * L;
                 run_dx(dx + o, dy + o, x + o, m, k, a, b, L);
             }

@@ -275,3 +275,45 @@ TEST(AllocFree, SoftmaxLayerCceRmspropCentered) {
 }
 
 }  // namespace
+
+// A small convolutional network with every image layer (Conv2D on both of
+// its paths, BatchNorm2d, max and average pooling, global average pooling,
+// Dropout): no allocation per fit step, nor in evaluate.
+TEST(AllocFree, ConvNetWithBatchNormFitAndEvaluate) {
+    nn::Model m;
+    m.set_input(nn::make_shape({1, 28, 28}));
+    m.add(nn::Conv2D(1, 8, 5, 1, 2));
+    m.add(nn::BatchNorm2d());
+    m.add(nn::ReLU());
+    m.add(nn::MaxPool2D(2));
+    m.add(nn::Conv2D(8, 8, 3, 1, 1, 1, 8));  // depthwise: the direct path
+    m.add(nn::AvgPool2D(3, 2, 1));
+    m.add(nn::Conv2D(8, 16, 3, 1, nn::Same));
+    m.add(nn::ReLU());
+    m.add(nn::GlobalAvgPool());
+    m.add(nn::Dropout(0.2f));
+    m.add(nn::Dense(10));
+    nn::CompileOptions co;
+    co.loss = nn::CrossEntropy();
+    co.optimizer = nn::Adam(3e-3f);
+    co.max_batch = 32;
+    nn::Status st = m.compile(co);
+    ASSERT_TRUE(st.ok()) << st.message();
+    nn::Dataset d = fake_fashion(32 * 12, 3);
+    StepCounter c;
+    nn::FitOptions fo;
+    fo.epochs = 2;
+    fo.batch_size = 32;
+    fo.verbose = 0;
+    fo.on_batch_end = &StepCounter::cb;
+    fo.user = &c;
+    st = m.fit(d, fo);
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_EQ(c.steps, 24);
+    EXPECT_EQ(c.allocs(), 0) << c.allocs() << " heap allocations in " << c.steps - 1 << " fit steps";
+    EXPECT_LT(m.history.epochs[1].loss, m.history.epochs[0].loss) << "it did train";
+    nn::EvalResult r;
+    const long long before = heap_allocs();
+    ASSERT_TRUE(m.evaluate(d, &r).ok());
+    EXPECT_EQ(heap_allocs() - before, 0);
+}

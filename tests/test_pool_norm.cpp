@@ -22,6 +22,7 @@
 
 #include "kernels/norm.hpp"
 #include "kernels/pool.hpp"
+#include "nn.hpp"
 
 namespace pool_norm_ref {
 struct PoolCase {
@@ -987,6 +988,66 @@ TEST(BatchNormTorch, TrainingStepsEvalAndGradientsMatchPyTorch) {
                     ASSERT_TRUE(near_abs(dge[c], tc.dgamma_eval[c], 2 * tol_dgamma(m, is, trm[c], tc.dgamma_eval[c], 0.0)))
                         << "eval dgamma c " << c;
                     ASSERT_TRUE(near_abs(dbe[c], tc.dbeta_eval[c], 2 * lane_sum_tol(m.dy))) << "eval dbeta c " << c;
+                }
+        }
+}
+
+
+// The BatchNorm1d / BatchNorm2d layers on PyTorch's cases: the running
+// statistics after each step match PyTorch's (same bound as above), and the
+// layer's outputs and gradients are bit for bit those of the kernels checked
+// above, fed the layer's own buffers.
+TEST(BatchNormTorch, TheLayerMatchesPyTorchAndTheKernels) {
+    using pool_norm_ref::kBnCases;
+    using pool_norm_ref::kSteps;
+    for (const auto& tc : kBnCases)
+        for (int dims = 1; dims <= (tc.l > 1 ? 2 : 1); ++dims) {
+            const int N = tc.n, C = tc.c, L = tc.l;
+            const size_t n = (size_t)N * C * L;
+            SCOPED_TRACE(testing::Message() << "N " << N << " C " << C << " L " << L << " BatchNorm" << dims << "d");
+            const nn::Shape in = dims == 2 ? nn::make_shape({C, 1, L}) : L > 1 ? nn::make_shape({C, L}) : nn::make_shape({C});
+            nn::Layer layer = dims == 2 ? nn::BatchNorm2d(C, kBnEps, kMomentum, tc.affine)
+                                        : nn::BatchNorm1d(C, kBnEps, kMomentum, tc.affine);
+            nn::Arena arena;
+            ASSERT_TRUE(arena.reserve(1 << 20).ok());
+            ASSERT_TRUE(nn::build(layer, in, N, arena).ok());
+            if (tc.affine)
+                for (int c = 0; c < C; ++c) layer.params[0][c] = tc.gamma[c], layer.params[1][c] = tc.beta[c];
+            const int r = tc.affine ? 2 : 0;
+            FVec rm(C, 0.0f), rv(C, 1.0f), mean(C), inv_std(C), y(n), yk(n);
+            const nn::Shape bs = nn::batched(in, N);
+            for (int step = 0; step < kSteps; ++step) {
+                const float* x = tc.x + step * n;
+                ASSERT_TRUE(nn::forward(layer, nn::tensor_view(y.data(), bs), nn::tensor_view(const_cast<float*>(x), bs),
+                                        nn::Mode::Train)
+                                .ok());
+                nn::batchnorm_forward_train(yk.data(), mean.data(), inv_std.data(), rm.data(), rv.data(), x, tc.gamma,
+                                            tc.beta, kMomentum, kBnEps, N, C, L);
+                for (int c = 0; c < C; ++c) {
+                    const double wm = tc.run_mean[step * C + c], wv = tc.run_var[step * C + c];
+                    ASSERT_TRUE(near_abs(layer.params[r][c], wm,
+                                         2 * (step + 1) * (kEps + lane_rel()) * (std::fabs(wm) + std::fabs(mean[c]))))
+                        << "running_mean c " << c << " step " << step;
+                    ASSERT_TRUE(near_abs(layer.params[r + 1][c], wv, 2 * (step + 1) * (kEps + lane_rel()) * std::fabs(wv)))
+                        << "running_var c " << c << " step " << step;
+                    ASSERT_EQ(layer.params[r][c], rm[c]);
+                    ASSERT_EQ(layer.params[r + 1][c], rv[c]);
+                }
+                ASSERT_EQ(y, yk);
+            }
+            FVec dx(n), dxk(n), dg(C, 0.0f), db(C, 0.0f);
+            const float* x = tc.x + (kSteps - 1) * n;
+            nn::zero_grad(layer);
+            ASSERT_TRUE(nn::backward(layer, nn::tensor_view(dx.data(), bs), nn::tensor_view(const_cast<float*>(tc.dy), bs),
+                                     nn::tensor_view(const_cast<float*>(x), bs), nn::tensor_view(y.data(), bs))
+                            .ok());
+            nn::batchnorm_backward_train(dxk.data(), tc.affine ? dg.data() : nullptr, tc.affine ? db.data() : nullptr,
+                                         tc.dy, x, mean.data(), inv_std.data(), tc.gamma, N, C, L);
+            EXPECT_EQ(dx, dxk);
+            if (tc.affine)
+                for (int c = 0; c < C; ++c) {
+                    EXPECT_EQ(layer.grads[0][c], dg[c]);
+                    EXPECT_EQ(layer.grads[1][c], db[c]);
                 }
         }
 }

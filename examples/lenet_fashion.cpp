@@ -1,0 +1,62 @@
+// examples/lenet_fashion.cpp — LeNet-5 (with ReLU and max pooling, as it is
+// trained today) on Fashion-MNIST, Keras style.
+//
+//   build/lenet_fashion [--epochs 3] [--batch 64] [--threads T] [--steps N]
+//                       [--data /usr/share/datasets/fashion-mnist]
+//
+//   (1, 28, 28) -> Conv2D 5x5 1->6 pad 2 -> ReLU -> MaxPool 2
+//               -> Conv2D 5x5 6->16     -> ReLU -> MaxPool 2 -> (16, 5, 5)
+//               -> Flatten (400, in C, H, W order as PyTorch) -> Dense 120 ReLU
+//               -> Dense 84 ReLU -> Dense 10 (logits)
+#include "common.hpp"
+
+int main(int argc, char** argv) {
+    ExampleArgs args = parse_args(argc, argv);
+    const int epochs = args.epochs ? args.epochs : 3;
+    const int batch = args.batch ? args.batch : 64;
+    const char* dir = args.data ? args.data : "/usr/share/datasets/fashion-mnist";
+
+    nn::Dataset train, test;
+    nn::Status st = nn::load_fashion_mnist(dir, &train, &test);
+    if (!st) return fail(st);
+    train.scale = test.scale = 1.0f / 255.0f;
+    std::printf("Fashion-MNIST: %zu training and %zu test images from %s (simd: %s)\n", train.n, test.n, dir,
+                nn::simd_arch());
+
+    nn::Model model;
+    model.set_input(train.sample);  // (1, 28, 28)
+    model.add(nn::Conv2D(1, 6, 5, /*stride=*/1, /*padding=*/2));
+    model.add(nn::ReLU());
+    model.add(nn::MaxPool2D(2));
+    model.add(nn::Conv2D(6, 16, 5));
+    model.add(nn::ReLU());
+    model.add(nn::MaxPool2D(2));
+    model.add(nn::Flatten());
+    model.add(nn::Dense(120, nn::Act::ReLU));
+    model.add(nn::Dense(84, nn::Act::ReLU));
+    model.add(nn::Dense(10));
+    nn::CompileOptions co;
+    co.loss = nn::CrossEntropy();
+    co.optimizer = nn::Adam(1e-3f);
+    co.max_batch = batch;
+    co.seed = args.seed;
+    if (!(st = model.compile(co))) return fail(st);
+    model.summary();
+
+    nn::FitOptions fo;
+    fo.epochs = epochs;
+    fo.batch_size = batch;
+    fo.seed = args.seed;
+    fo.verbose = args.verbose;
+    fo.steps_per_epoch = args.steps;
+    StepAllocCounter allocs;
+    allocs.attach(fo);
+    if (!(st = model.fit(train, fo))) return fail(st);
+
+    nn::EvalResult r;
+    if (!(st = model.evaluate(test, &r))) return fail(st);
+    std::printf("test loss %.4f, test accuracy %.4f\n", r.loss, r.metric);
+    print_result("lenet_fashion", epochs, mean_epoch_seconds(model.history), r.metric, model.arena_needed,
+                 allocs.per_step(), mean_epoch_steps(model.history));
+    return 0;
+}
