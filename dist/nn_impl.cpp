@@ -410,9 +410,9 @@ struct GemmEpilogue {
 // b: a kc x NR sliver of op(B), row p at b + p*rs_b: packed (rs_b = NR,
 //    zero-padded past the right edge of B) or, for a full sliver of a
 //    non-transposed B, read in place (rs_b = ldb).
-// c: a full tile of C with row stride ldc. The kernel always computes and
-//    stores the full tile; a ragged tile of C goes through
-//    gemm_f32_edge_tile, which points c at a stack tile instead.
+// c: a tile of C with row stride ldc: ROWS (<= MR, MR by default) rows and
+//    the first nr columns are computed and stored (a ragged right edge with
+//    masked stores); gemm_f32_edge_tile picks ROWS and NV for a ragged tile.
 // beta == 0: c is not read (NaN in C does not leak). bias may be nullptr.
 // The epilogue's ReLU in one float, the same formula as the vector lanes.
 static inline float gemm_relu(float r, float slope) {
@@ -421,16 +421,18 @@ static inline float gemm_relu(float r, float slope) {
 }
 
 #if NN_SIMD
-template <int NV>
+template <int NV, int ROWS = kGemmMR>
 static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                     const float* b, int rs_b, const float* bias, float alpha,
-                                    float beta, int kc, bool relu = false, float slope = 0.f) {
+                                    float beta, int kc, bool relu = false, float slope = 0.f,
+                                    int nr = NV * simd::kWidth) {
     using simd::vf;
-    constexpr int MR = kGemmMR, W = simd::kWidth;
-    vf acc[MR][NV];  // the tile of C, in registers
+    constexpr int W = simd::kWidth;
+    static_assert(ROWS >= 1 && ROWS <= kGemmMR, "a tile has 1 to MR rows");
+    vf acc[ROWS][NV];  // the tile of C, in registers
     // M x N: zero the accumulators.
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = vf(0.f);
 
@@ -442,47 +444,55 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
         for (int v = 0; v < NV; ++v) bp[v] = vf::load_unaligned(b + v * W);
         // M: each row of the tile takes a broadcast of one A value.
 #pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) {
+        for (int i = 0; i < ROWS; ++i) {
             const vf ai(a[i * rs_a]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(ai, bp[v], acc[i][v]);
         }
     }
 
-    // Store, M: rows of the tile; N: NV vectors per row.
+    // Store, M: rows of the tile; N: NV vectors per row, the last one
+    // partial (masked) when nr stops inside it.
     const vf va(alpha), vb(beta), vzero(0.f), vslope(slope);
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < ROWS; ++i) {
         float* ci = c + (ptrdiff_t)i * ldc;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) {
+            const int cols = nr - v * W;
+            if (cols <= 0) break;
+            const bool full = cols >= W;
             vf r = acc[i][v] * va;
-            if (beta != 0.f) r = xsimd::fma(vb, vf::load_unaligned(ci + v * W), r);
-            if (bias) r += vf::load_unaligned(bias + v * W);
+            if (beta != 0.f)
+                r = xsimd::fma(vb, full ? vf::load_unaligned(ci + v * W) : simd::load_partial(ci + v * W, (size_t)cols, 0.f), r);
+            if (bias) r += full ? vf::load_unaligned(bias + v * W) : simd::load_partial(bias + v * W, (size_t)cols, 0.f);
             // max(0, r), in that order: x86 and NEON both return r when r is
             // NaN, so a NaN stays visible to the loss (as in PyTorch).
             if (relu) r = slope == 0.f ? xsimd::max(vzero, r) : xsimd::select(r > vzero, r, r * vslope);
-            r.store_unaligned(ci + v * W);
+            if (full)
+                r.store_unaligned(ci + v * W);
+            else
+                simd::store_partial(ci + v * W, r, (size_t)cols);
         }
     }
 }
 #else
 // The scalar build: the same contract with kWidth = 1 (NV floats per row).
-template <int NV>
+template <int NV, int ROWS = kGemmMR>
 static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                     const float* b, int rs_b, const float* bias, float alpha,
-                                    float beta, int kc, bool relu = false, float slope = 0.f) {
-    constexpr int MR = kGemmMR;
-    float acc[MR][NV] = {};
+                                    float beta, int kc, bool relu = false, float slope = 0.f,
+                                    int nr = NV) {
+    float acc[ROWS][NV] = {};
     // K: one rank-1 update per step, acc += a[:, p] * b[p, :].
     for (int p = 0; p < kc; ++p, a += cs_a, b += rs_b)
         // M x N: every accumulator of the tile.
-        for (int i = 0; i < MR; ++i)
+        for (int i = 0; i < ROWS; ++i)
             for (int j = 0; j < NV; ++j) acc[i][j] += a[i * rs_a] * b[j];
-    // Store, M: rows of the tile; N: columns.
-    for (int i = 0; i < MR; ++i) {
+    // Store, M: rows of the tile; N: the first nr columns.
+    for (int i = 0; i < ROWS; ++i) {
         float* ci = c + (ptrdiff_t)i * ldc;
-        for (int j = 0; j < NV; ++j) {
+        for (int j = 0; j < NV && j < nr; ++j) {
             float r = alpha * acc[i][j];
             if (beta != 0.f) r += beta * ci[j];
             if (bias) r += bias[j];
@@ -493,31 +503,34 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
 }
 #endif
 
-// A ragged tile, only mr < MR rows or nr < NR columns of it inside C: run
-// the micro-kernel (one vector wide when nr allows) into a stack tile with
-// alpha applied and beta = 0, then merge only the mr x nr valid corner into
-// C. C outside (M, N) is never touched.
+// The micro-kernel for ROWS = mr rows (mr <= ROWS), chosen at run time.
+template <int NV, int ROWS>
+static inline void gemm_f32_ukernel_rows(int mr, float* c, int ldc, const float* a, int rs_a, int cs_a,
+                                         const float* b, int rs_b, const float* bias, float alpha, float beta,
+                                         int kc, bool relu, float slope, int nr) {
+    if constexpr (ROWS > 1) {
+        if (mr < ROWS) {
+            gemm_f32_ukernel_rows<NV, ROWS - 1>(mr, c, ldc, a, rs_a, cs_a, b, rs_b, bias, alpha, beta, kc, relu,
+                                                slope, nr);
+            return;
+        }
+    }
+    gemm_f32_ukernel<NV, ROWS>(c, ldc, a, rs_a, cs_a, b, rs_b, bias, alpha, beta, kc, relu, slope, nr);
+}
+
+// A ragged tile, only mr < MR rows or nr < NR columns of it inside C: the
+// micro-kernel with mr rows (never reading A's rows past M) and one vector
+// fewer when nr allows, its last vector stored through a mask. C outside
+// (M, N) is never read or written.
 static inline void gemm_f32_edge_tile(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                       const float* b, int rs_b, const float* bias, float alpha,
                                       float beta, int kc, int mr, int nr, bool relu, float slope) {
-    alignas(64) float tile[kGemmMR * kGemmNR];
     if (nr <= simd::kWidth)
-        gemm_f32_ukernel<1>(tile, kGemmNR, a, rs_a, cs_a, b, rs_b, nullptr, alpha, 0.f, kc);
+        gemm_f32_ukernel_rows<1, kGemmMR>(mr, c, ldc, a, rs_a, cs_a, b, rs_b, bias, alpha, beta, kc, relu, slope,
+                                          nr);
     else
-        gemm_f32_ukernel<kGemmNV>(tile, kGemmNR, a, rs_a, cs_a, b, rs_b, nullptr, alpha, 0.f, kc);
-    // M: rows of the valid corner.
-    for (int i = 0; i < mr; ++i) {
-        float* ci = c + (ptrdiff_t)i * ldc;
-        const float* ti = tile + i * kGemmNR;
-        // N: columns of the valid corner.
-        for (int j = 0; j < nr; ++j) {
-            float r = ti[j];
-            if (beta != 0.f) r += beta * ci[j];
-            if (bias) r += bias[j];
-            if (relu) r = gemm_relu(r, slope);
-            ci[j] = r;
-        }
-    }
+        gemm_f32_ukernel_rows<kGemmNV, kGemmMR>(mr, c, ldc, a, rs_a, cs_a, b, rs_b, bias, alpha, beta, kc, relu,
+                                                slope, nr);
 }
 
 // ---------------------------------------------------------------------------
@@ -2219,15 +2232,37 @@ inline bool conv2d_is_pointwise(const Conv2dGeom& g) {
     return g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
 }
 
-// Scratch of the GEMM path: one col matrix (K x P), reused for dcol.
+// Whether the GEMM path unrolls whole padded rows (1b in the header): stride
+// 1, not pointwise, and at most half again as many columns as outputs.
+inline bool conv2d_use_rows(const Conv2dGeom& g) {
+    if (g.sh != 1 || g.sw != 1 || conv2d_is_pointwise(g)) return false;
+    const long long wp = (long long)g.W + 2LL * g.pw;
+    return 2 * wp <= 3LL * g.OW;
+}
+// The row path's padded plane: Hp x Wp, plus (KW - 1) dw zeros after it (the
+// last tap's run reads that far past the last row; see 1b).
+inline size_t conv_rows_plane(const Conv2dGeom& g) {
+    return (size_t)(g.H + 2 * g.ph) * (size_t)(g.W + 2 * g.pw) + (size_t)(g.KW - 1) * g.dw;
+}
+// Columns of the GEMMs: P = OH * OW, or OH * Wp on the row path.
+inline int conv_gemm_cols(const Conv2dGeom& g) {
+    return g.OH * (conv2d_use_rows(g) ? g.W + 2 * g.pw : g.OW);
+}
+
+// Scratch of the GEMM path: one col matrix (K x P), reused for dcol; the row
+// path adds the padded input (C_in/g planes, reused for dx) and the output
+// rows (C_out/g x OH * Wp, reused for dy).
 inline size_t conv2d_gemm_scratch_floats(const Conv2dGeom& g) {
     if (conv2d_is_pointwise(g)) return 0;
-    return (size_t)(g.C_in / g.groups) * g.KH * g.KW * (size_t)g.OH * g.OW;
+    const size_t cig = (size_t)(g.C_in / g.groups), cog = (size_t)(g.C_out / g.groups);
+    const size_t cols = (size_t)conv_gemm_cols(g), col = cig * g.KH * g.KW * cols;
+    if (!conv2d_use_rows(g)) return col;
+    return col + gemm_round_up(cig * conv_rows_plane(g), 16) + cog * cols;
 }
 // Packing of the GEMM path: forward (C_out/g x P x K), dW (C_out/g x K x P)
 // and dcol (K x P x C_out/g), the largest.
 inline size_t conv2d_gemm_pack_floats(const Conv2dGeom& g) {
-    const int cog = g.C_out / g.groups, k = (g.C_in / g.groups) * g.KH * g.KW, p = g.OH * g.OW;
+    const int cog = g.C_out / g.groups, k = (g.C_in / g.groups) * g.KH * g.KW, p = conv_gemm_cols(g);
     size_t m = gemm_pack_floats(cog, p, k);
     const size_t dw = gemm_pack_floats(cog, k, p), dcol = gemm_pack_floats(k, p, cog);
     if (dw > m) m = dw;
@@ -2308,6 +2343,36 @@ inline void conv_add_row_bias(float* c, int ldc, int mr, int nr, const void* ctx
 // ---------------------------------------------------------------------------
 // 1. im2col + GEMM
 // ---------------------------------------------------------------------------
+
+// out[0 .. n) = in[0 .. n): rows of col are short (one output row, 10 to 30
+// floats), where a call to memcpy costs more than the copy.
+inline void conv_copy_run(float* out, const float* in, int n) {
+    int j = 0;
+#if NN_SIMD
+    for (; j + simd::kWidth <= n; j += simd::kWidth)  // one vector per step
+        simd::vf::load_unaligned(in + j).store_unaligned(out + j);
+    if (j < n) {
+        simd::store_partial(out + j, simd::load_partial(in + j, (size_t)(n - j), 0.f), (size_t)(n - j));
+        return;
+    }
+#endif
+    for (; j < n; ++j) out[j] = in[j];
+}
+
+// out[0 .. n) += in[0 .. n), col2im's runs.
+inline void conv_add_run(float* out, const float* in, int n) {
+    int j = 0;
+#if NN_SIMD
+    for (; j + simd::kWidth <= n; j += simd::kWidth)  // one vector per step
+        (simd::vf::load_unaligned(out + j) + simd::vf::load_unaligned(in + j)).store_unaligned(out + j);
+    if (j < n) {
+        const size_t r = (size_t)(n - j);
+        simd::store_partial(out + j, simd::load_partial(out + j, r, 0.f) + simd::load_partial(in + j, r, 0.f), r);
+        return;
+    }
+#endif
+    for (; j < n; ++j) out[j] += in[j];
+}
 // x is one sample's group slab (C_in/groups, H, W); col is
 // (C_in/groups * KH * KW, OH * OW): row (c, kh, kw), column (oh, ow) holds
 // x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw], 0 in the padding.
@@ -2333,7 +2398,7 @@ inline void conv2d_im2col(float* col, const float* x, const Conv2dGeom& g) {
                     // OW: left padding, the valid run, right padding.
                     for (int ow = 0; ow < rw.lo; ++ow) out[ow] = 0.f;
                     if (g.sw == 1)
-                        std::memcpy(out + rw.lo, xr + rw.lo + off_w, sizeof(float) * (rw.hi - rw.lo));
+                        conv_copy_run(out + rw.lo, xr + rw.lo + off_w, rw.hi - rw.lo);
                     else
                         for (int ow = rw.lo; ow < rw.hi; ++ow) out[ow] = xr[ow * g.sw + off_w];
                     for (int ow = rw.hi; ow < g.OW; ++ow) out[ow] = 0.f;
@@ -2361,12 +2426,104 @@ inline void conv2d_col2im(float* dx, const float* dcol, const Conv2dGeom& g) {
                     const float* in = row + (ptrdiff_t)oh * g.OW;
                     float* dr = dxc + (ptrdiff_t)(oh * g.sh + kh * g.dh - g.ph) * g.W + off_w;
                     if (g.sw == 1)
-                        for (int ow = rw.lo; ow < rw.hi; ++ow) dr[ow] += in[ow];
+                        conv_add_run(dr + rw.lo, in + rw.lo, rw.hi - rw.lo);
                     else
                         for (int ow = rw.lo; ow < rw.hi; ++ow) dr[ow * g.sw] += in[ow];
                 }
             }
         }
+    }
+}
+
+// --- 1b. The row path (stride 1) -----------------------------------------------
+// Pad the input once, to planes of Hp x Wp; then output (oh, j) of tap
+// (kh, kw) reads xpad[(oh + kh dh) Wp + j + kw dw]: for a fixed tap, as
+// (oh, j) runs over OH x Wp in row-major order, the source runs through xpad
+// contiguously from kh dh Wp + kw dw. So col's row (c, kh, kw) is one copy of
+// OH * Wp floats, not OH copies of OW (for LeNet's 10x10 outputs the short
+// copies cost more than the GEMM). Columns j >= OW are computed and dropped:
+// Y' (C_out/g x OH * Wp) is copied to y row by row; in backward dY' holds
+// zeros there, so they add nothing to dW or dx. Up to Wp / OW more GEMM work
+// (LeNet's conv2: 14 / 10), hence the 1.5 limit of conv2d_use_rows.
+
+// xpad (cig planes of conv_rows_plane) = x's cig planes inside zero padding.
+inline void conv_rows_pad(float* xpad, const float* x, int cig, const Conv2dGeom& g) {
+    const int wp = g.W + 2 * g.pw;
+    const size_t plane = conv_rows_plane(g);
+    std::memset(xpad, 0, sizeof(float) * plane * (size_t)cig);
+    for (int c = 0; c < cig; ++c)         // C: planes
+        for (int h = 0; h < g.H; ++h)      // H: rows, each a run of W
+            conv_copy_run(xpad + c * plane + (size_t)(h + g.ph) * wp + g.pw, x + ((ptrdiff_t)c * g.H + h) * g.W, g.W);
+}
+
+// col (K x OH * Wp): row (c, kh, kw) is xpad[c] from kh dh Wp + kw dw on.
+inline void conv_rows_im2col(float* col, const float* xpad, int cig, const Conv2dGeom& g) {
+    const int wp = g.W + 2 * g.pw, n = g.OH * wp;
+    const size_t plane = conv_rows_plane(g);
+    for (int c = 0; c < cig; ++c)              // C, KH, KW: one row of col per (channel, tap)
+        for (int kh = 0; kh < g.KH; ++kh)
+            for (int kw = 0; kw < g.KW; ++kw, col += n)
+                conv_copy_run(col, xpad + c * plane + (size_t)kh * g.dh * wp + (size_t)kw * g.dw, n);
+}
+
+// The forward pass of one sample and group on the row path. scratch holds
+// col, then xpad, then Y'.
+inline void conv_rows_forward(float* yg, const float* xg, const float* wg, const float* bias, int cig, int cog,
+                              const Conv2dGeom& g, float* scratch, float* pack) {
+    const int K = cig * g.KH * g.KW, wp = g.W + 2 * g.pw, n = g.OH * wp;
+    float* col = scratch;
+    float* xpad = col + (size_t)K * n;
+    float* yrows = xpad + gemm_round_up((size_t)cig * conv_rows_plane(g), 16);
+    conv_rows_pad(xpad, xg, cig, g);
+    conv_rows_im2col(col, xpad, cig, g);
+    ConvRowBias rb{yrows, bias};
+    GemmEpilogue ep;
+    if (bias) {
+        ep.tile_fn = conv_add_row_bias;
+        ep.tile_ctx = &rb;
+    }
+    // Y' (cog x OH * Wp) = W[g] (cog x K) * col (K x OH * Wp)
+    gemm_f32_fused(yrows, n, wg, K, false, col, n, false, ep, 1.f, 0.f, pack, cog, n, K);
+    for (int co = 0; co < cog; ++co)        // C_out: channels
+        for (int oh = 0; oh < g.OH; ++oh)    // OH: rows, keeping the first OW of Wp columns
+            conv_copy_run(yg + ((ptrdiff_t)co * g.OH + oh) * g.OW, yrows + (ptrdiff_t)co * n + (ptrdiff_t)oh * wp,
+                          g.OW);
+}
+
+// The backward pass of one sample and group on the row path (dw += ...,
+// dx = ...; either may be null).
+inline void conv_rows_backward(float* dxg, float* dwg, const float* dyg, const float* xg, const float* wg, int cig,
+                               int cog, const Conv2dGeom& g, float* scratch, float* pack) {
+    const int K = cig * g.KH * g.KW, wp = g.W + 2 * g.pw, n = g.OH * wp;
+    const size_t plane = conv_rows_plane(g);
+    float* col = scratch;
+    float* xpad = col + (size_t)K * n;
+    float* dyrows = xpad + gemm_round_up((size_t)cig * plane, 16);
+    // dY' (cog x OH * Wp): dY's rows, zeros in the dropped columns.
+    for (int co = 0; co < cog; ++co)
+        for (int oh = 0; oh < g.OH; ++oh) {  // C_out, OH: rows of dY
+            float* r = dyrows + (ptrdiff_t)co * n + (ptrdiff_t)oh * wp;
+            conv_copy_run(r, dyg + ((ptrdiff_t)co * g.OH + oh) * g.OW, g.OW);
+            for (int j = g.OW; j < wp; ++j) r[j] = 0.f;
+        }
+    if (dwg) {  // dW[g] (cog x K) += dY' (cog x n) * col^T (n x K)
+        conv_rows_pad(xpad, xg, cig, g);
+        conv_rows_im2col(col, xpad, cig, g);
+        gemm_f32(dwg, K, dyrows, n, false, col, n, true, nullptr, 1.f, 1.f, pack, cog, K, n);
+    }
+    if (dxg) {  // dcol (K x n) = W[g]^T dY', added back along the runs it came from
+        gemm_f32(col, n, wg, K, true, dyrows, n, false, nullptr, 1.f, 0.f, pack, K, n, cog);
+        float* dxpad = xpad;
+        std::memset(dxpad, 0, sizeof(float) * plane * (size_t)cig);
+        const float* row = col;
+        for (int c = 0; c < cig; ++c)  // C, KH, KW: one row of dcol per (channel, tap)
+            for (int kh = 0; kh < g.KH; ++kh)
+                for (int kw = 0; kw < g.KW; ++kw, row += n)
+                    conv_add_run(dxpad + c * plane + (size_t)kh * g.dh * wp + (size_t)kw * g.dw, row, n);
+        for (int c = 0; c < cig; ++c)       // C, H: dx's rows out of the padded planes
+            for (int h = 0; h < g.H; ++h)
+                conv_copy_run(dxg + ((ptrdiff_t)c * g.H + h) * g.W, dxpad + c * plane + (size_t)(h + g.ph) * wp + g.pw,
+                              g.W);
     }
 }
 
@@ -2377,13 +2534,17 @@ inline void conv2d_forward_gemm(float* y, const float* x, const float* w, const 
                                 const Conv2dGeom& g, float* scratch, float* pack) {
     const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
     const int K = cig * g.KH * g.KW, P = g.OH * g.OW, HW = g.H * g.W;
-    const bool pointwise = conv2d_is_pointwise(g);
+    const bool pointwise = conv2d_is_pointwise(g), rows = conv2d_use_rows(g);
     // N: samples; groups: one GEMM each.
     for (int n = 0; n < g.N; ++n) {
         for (int gi = 0; gi < g.groups; ++gi) {
             const float* xg = x + ((ptrdiff_t)n * g.C_in + (ptrdiff_t)gi * cig) * HW;
             float* yg = y + ((ptrdiff_t)n * g.C_out + (ptrdiff_t)gi * cog) * P;
             const float* wg = w + (ptrdiff_t)gi * cog * K;
+            if (rows) {
+                conv_rows_forward(yg, xg, wg, bias ? bias + (ptrdiff_t)gi * cog : nullptr, cig, cog, g, scratch, pack);
+                continue;
+            }
             const float* col = xg;  // pointwise: the input slab is col, (C_in/g) x (H*W)
             if (!pointwise) {
                 conv2d_im2col(scratch, xg, g);
@@ -2408,7 +2569,7 @@ inline void conv2d_backward_gemm(float* dx, float* dw, float* db, const float* d
                                  const float* w, const Conv2dGeom& g, float* scratch, float* pack) {
     const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
     const int K = cig * g.KH * g.KW, P = g.OH * g.OW, HW = g.H * g.W;
-    const bool pointwise = conv2d_is_pointwise(g);
+    const bool pointwise = conv2d_is_pointwise(g), rows = conv2d_use_rows(g);
     // N: samples; groups: the three products of the group.
     for (int n = 0; n < g.N; ++n) {
         for (int gi = 0; gi < g.groups; ++gi) {
@@ -2418,6 +2579,11 @@ inline void conv2d_backward_gemm(float* dx, float* dw, float* db, const float* d
             if (db)  // db[co] += sum of dY's row co
                 for (int co = 0; co < cog; ++co)
                     db[gi * cog + co] += (float)conv_sum_f32(dyg + (ptrdiff_t)co * P, P);
+            if (rows) {
+                conv_rows_backward(dx ? dx + ((ptrdiff_t)n * g.C_in + (ptrdiff_t)gi * cig) * HW : nullptr,
+                                   dw ? dw + (ptrdiff_t)gi * cog * K : nullptr, dyg, xg, wg, cig, cog, g, scratch, pack);
+                continue;
+            }
             if (dw) {  // dW[g] (cog x K) += dY[g] (cog x P) * col^T (P x K)
                 const float* col = xg;
                 if (!pointwise) {
@@ -2831,15 +2997,96 @@ inline bool pool2d_geometry(PoolGeom* g) {
 
 // --- Max pooling ---------------------------------------------------------------
 
+// One step of the scan: v at cell i replaces the maximum m when strictly
+// greater, or NaN. Written as selects, not a branch: on real data the
+// comparison is a coin toss, and a mispredicted branch per cell cost more
+// than the rest of the loop (9 ms vs 1 ms for (64, 32, 28, 28)).
+static inline void maxpool_take(float& m, int32_t& best, float v, int32_t i) {
+    const bool take = v > m || v != v;
+    m = take ? v : m;
+    best = take ? i : best;
+}
+
+#if NN_SIMD
+// Vector step of maxpool_take on every lane: code holds which of the window's
+// cells (0..3) won.
+static inline void maxpool_take_v(simd::vf& m, simd::vf& code, const simd::vf& v, float cell) {
+    // !(v == v), not v != v: xsimd's != is the ordered compare, false on NaN.
+    const auto take = (v > m) || !(v == v);
+    m = xsimd::select(take, v, m);
+    code = xsimd::select(take, simd::vf(cell), code);
+}
+#endif
+
+// The 2x2 window with stride 2 and no padding (LeNet's and most CNNs'
+// pooling): the four cells in row-major order, unrolled. The vector loop
+// takes the window at *every* column c of a vector (cells c, c + 1 of both
+// rows, by loads at c and c + 1) and keeps the even lanes, the real windows:
+// half the comparisons are wasted, but no lane shuffle is needed (xsimd 8.1
+// has no two-register deinterleave) and nothing branches.
+inline void maxpool2x2_plane(float* yp, int32_t* ip, const float* xp, const PoolGeom& g) {
+    for (int oy = 0; oy < g.oh; ++oy) {  // oy: output rows
+        const float* r0 = xp + (ptrdiff_t)(2 * oy) * g.w;
+        const float* r1 = r0 + g.w;
+        const int32_t i0 = 2 * oy * g.w;
+        int ox = 0;
+#if NN_SIMD
+        constexpr int W = simd::kWidth;
+        for (; ox < g.ow; ox += W / 2) {  // ox: output columns by W / 2
+            const int c = 2 * ox, n = g.w - c;  // n >= 2: columns left from c
+            simd::vf a, b, cc, d;
+            if (n > W) {
+                a = simd::vf::load_unaligned(r0 + c), b = simd::vf::load_unaligned(r0 + c + 1);
+                cc = simd::vf::load_unaligned(r1 + c), d = simd::vf::load_unaligned(r1 + c + 1);
+            } else {  // the row's end: lanes past it hold -inf (never read, never win)
+                const size_t n0 = (size_t)(n < W ? n : W), n1 = (size_t)(n - 1);
+                a = n0 < (size_t)W ? simd::load_partial(r0 + c, n0, -INFINITY) : simd::vf::load_unaligned(r0 + c);
+                cc = n0 < (size_t)W ? simd::load_partial(r1 + c, n0, -INFINITY) : simd::vf::load_unaligned(r1 + c);
+                b = simd::load_partial(r0 + c + 1, n1, -INFINITY);
+                d = simd::load_partial(r1 + c + 1, n1, -INFINITY);
+            }
+            simd::vf m = a, code(0.0f);
+            maxpool_take_v(m, code, b, 1.0f);
+            maxpool_take_v(m, code, cc, 2.0f);
+            maxpool_take_v(m, code, d, 3.0f);
+            alignas(64) float mv[W], cv[W];
+            m.store_aligned(mv);
+            code.store_aligned(cv);
+            const int outs = g.ow - ox < W / 2 ? g.ow - ox : W / 2;
+            for (int k = 0; k < outs; ++k) {  // k: outputs of the vector (its even lanes)
+                const int cell = (int)cv[2 * k];
+                yp[oy * g.ow + ox + k] = mv[2 * k];
+                ip[oy * g.ow + ox + k] = i0 + c + 2 * k + (cell & 1) + (cell >> 1) * g.w;
+            }
+        }
+#endif
+        for (; ox < g.ow; ++ox) {  // ox: the remaining output columns
+            const int c = 2 * ox;
+            float m = r0[c];
+            int32_t best = i0 + c;
+            maxpool_take(m, best, r0[c + 1], i0 + c + 1);
+            maxpool_take(m, best, r1[c], i0 + g.w + c);
+            maxpool_take(m, best, r1[c + 1], i0 + g.w + c + 1);
+            yp[oy * g.ow + ox] = m;
+            ip[oy * g.ow + ox] = best;
+        }
+    }
+}
+
 // x is (N, C, h, w); y and idx are (N, C, oh, ow). y = the window's maximum,
 // idx = its cell iy * w + ix in the input plane (the rule in the header).
 inline void maxpool2d_forward(float* y, int32_t* idx, const float* x, const PoolGeom& g, size_t N,
                               size_t C) {
     const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.oh * g.ow;
+    const bool two_by_two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
     for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
         const float* xp = x + p * in_plane;
         float* yp = y + p * out_plane;
         int32_t* ip = idx + p * out_plane;
+        if (two_by_two) {
+            maxpool2x2_plane(yp, ip, xp, g);
+            continue;
+        }
         for (int oy = 0; oy < g.oh; ++oy) {  // oy: output rows
             // The window's rows clipped to the input: padded rows hold -inf
             // and cannot win, so they are skipped.
@@ -2850,15 +3097,9 @@ inline void maxpool2d_forward(float* y, int32_t* idx, const float* x, const Pool
                 const int xa = x0 < 0 ? 0 : x0, xb = x1 > g.w ? g.w : x1;
                 float m = -INFINITY;
                 int32_t best = ya * g.w + xa;  // a window of -inf reports its first real cell
-                for (int iy = ya; iy < yb; ++iy) {      // iy: window rows
-                    for (int ix = xa; ix < xb; ++ix) {  // ix: window columns
-                        const float v = xp[iy * g.w + ix];
-                        if (v > m || v != v) {  // strictly greater: the first of equal maxima stays; NaN wins
-                            m = v;
-                            best = iy * g.w + ix;
-                        }
-                    }
-                }
+                for (int iy = ya; iy < yb; ++iy)      // iy: window rows
+                    for (int ix = xa; ix < xb; ++ix)  // ix: window columns
+                        maxpool_take(m, best, xp[iy * g.w + ix], iy * g.w + ix);
                 yp[oy * g.ow + ox] = m;
                 ip[oy * g.ow + ox] = best;
             }

@@ -130,15 +130,37 @@ inline bool conv2d_is_pointwise(const Conv2dGeom& g) {
     return g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
 }
 
-// Scratch of the GEMM path: one col matrix (K x P), reused for dcol.
+// Whether the GEMM path unrolls whole padded rows (1b in the header): stride
+// 1, not pointwise, and at most half again as many columns as outputs.
+inline bool conv2d_use_rows(const Conv2dGeom& g) {
+    if (g.sh != 1 || g.sw != 1 || conv2d_is_pointwise(g)) return false;
+    const long long wp = (long long)g.W + 2LL * g.pw;
+    return 2 * wp <= 3LL * g.OW;
+}
+// The row path's padded plane: Hp x Wp, plus (KW - 1) dw zeros after it (the
+// last tap's run reads that far past the last row; see 1b).
+inline size_t conv_rows_plane(const Conv2dGeom& g) {
+    return (size_t)(g.H + 2 * g.ph) * (size_t)(g.W + 2 * g.pw) + (size_t)(g.KW - 1) * g.dw;
+}
+// Columns of the GEMMs: P = OH * OW, or OH * Wp on the row path.
+inline int conv_gemm_cols(const Conv2dGeom& g) {
+    return g.OH * (conv2d_use_rows(g) ? g.W + 2 * g.pw : g.OW);
+}
+
+// Scratch of the GEMM path: one col matrix (K x P), reused for dcol; the row
+// path adds the padded input (C_in/g planes, reused for dx) and the output
+// rows (C_out/g x OH * Wp, reused for dy).
 inline size_t conv2d_gemm_scratch_floats(const Conv2dGeom& g) {
     if (conv2d_is_pointwise(g)) return 0;
-    return (size_t)(g.C_in / g.groups) * g.KH * g.KW * (size_t)g.OH * g.OW;
+    const size_t cig = (size_t)(g.C_in / g.groups), cog = (size_t)(g.C_out / g.groups);
+    const size_t cols = (size_t)conv_gemm_cols(g), col = cig * g.KH * g.KW * cols;
+    if (!conv2d_use_rows(g)) return col;
+    return col + gemm_round_up(cig * conv_rows_plane(g), 16) + cog * cols;
 }
 // Packing of the GEMM path: forward (C_out/g x P x K), dW (C_out/g x K x P)
 // and dcol (K x P x C_out/g), the largest.
 inline size_t conv2d_gemm_pack_floats(const Conv2dGeom& g) {
-    const int cog = g.C_out / g.groups, k = (g.C_in / g.groups) * g.KH * g.KW, p = g.OH * g.OW;
+    const int cog = g.C_out / g.groups, k = (g.C_in / g.groups) * g.KH * g.KW, p = conv_gemm_cols(g);
     size_t m = gemm_pack_floats(cog, p, k);
     const size_t dw = gemm_pack_floats(cog, k, p), dcol = gemm_pack_floats(k, p, cog);
     if (dw > m) m = dw;
@@ -219,6 +241,36 @@ inline void conv_add_row_bias(float* c, int ldc, int mr, int nr, const void* ctx
 // ---------------------------------------------------------------------------
 // 1. im2col + GEMM
 // ---------------------------------------------------------------------------
+
+// out[0 .. n) = in[0 .. n): rows of col are short (one output row, 10 to 30
+// floats), where a call to memcpy costs more than the copy.
+inline void conv_copy_run(float* out, const float* in, int n) {
+    int j = 0;
+#if NN_SIMD
+    for (; j + simd::kWidth <= n; j += simd::kWidth)  // one vector per step
+        simd::vf::load_unaligned(in + j).store_unaligned(out + j);
+    if (j < n) {
+        simd::store_partial(out + j, simd::load_partial(in + j, (size_t)(n - j), 0.f), (size_t)(n - j));
+        return;
+    }
+#endif
+    for (; j < n; ++j) out[j] = in[j];
+}
+
+// out[0 .. n) += in[0 .. n), col2im's runs.
+inline void conv_add_run(float* out, const float* in, int n) {
+    int j = 0;
+#if NN_SIMD
+    for (; j + simd::kWidth <= n; j += simd::kWidth)  // one vector per step
+        (simd::vf::load_unaligned(out + j) + simd::vf::load_unaligned(in + j)).store_unaligned(out + j);
+    if (j < n) {
+        const size_t r = (size_t)(n - j);
+        simd::store_partial(out + j, simd::load_partial(out + j, r, 0.f) + simd::load_partial(in + j, r, 0.f), r);
+        return;
+    }
+#endif
+    for (; j < n; ++j) out[j] += in[j];
+}
 // x is one sample's group slab (C_in/groups, H, W); col is
 // (C_in/groups * KH * KW, OH * OW): row (c, kh, kw), column (oh, ow) holds
 // x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw], 0 in the padding.
@@ -244,7 +296,7 @@ inline void conv2d_im2col(float* col, const float* x, const Conv2dGeom& g) {
                     // OW: left padding, the valid run, right padding.
                     for (int ow = 0; ow < rw.lo; ++ow) out[ow] = 0.f;
                     if (g.sw == 1)
-                        std::memcpy(out + rw.lo, xr + rw.lo + off_w, sizeof(float) * (rw.hi - rw.lo));
+                        conv_copy_run(out + rw.lo, xr + rw.lo + off_w, rw.hi - rw.lo);
                     else
                         for (int ow = rw.lo; ow < rw.hi; ++ow) out[ow] = xr[ow * g.sw + off_w];
                     for (int ow = rw.hi; ow < g.OW; ++ow) out[ow] = 0.f;
@@ -272,12 +324,104 @@ inline void conv2d_col2im(float* dx, const float* dcol, const Conv2dGeom& g) {
                     const float* in = row + (ptrdiff_t)oh * g.OW;
                     float* dr = dxc + (ptrdiff_t)(oh * g.sh + kh * g.dh - g.ph) * g.W + off_w;
                     if (g.sw == 1)
-                        for (int ow = rw.lo; ow < rw.hi; ++ow) dr[ow] += in[ow];
+                        conv_add_run(dr + rw.lo, in + rw.lo, rw.hi - rw.lo);
                     else
                         for (int ow = rw.lo; ow < rw.hi; ++ow) dr[ow * g.sw] += in[ow];
                 }
             }
         }
+    }
+}
+
+// --- 1b. The row path (stride 1) -----------------------------------------------
+// Pad the input once, to planes of Hp x Wp; then output (oh, j) of tap
+// (kh, kw) reads xpad[(oh + kh dh) Wp + j + kw dw]: for a fixed tap, as
+// (oh, j) runs over OH x Wp in row-major order, the source runs through xpad
+// contiguously from kh dh Wp + kw dw. So col's row (c, kh, kw) is one copy of
+// OH * Wp floats, not OH copies of OW (for LeNet's 10x10 outputs the short
+// copies cost more than the GEMM). Columns j >= OW are computed and dropped:
+// Y' (C_out/g x OH * Wp) is copied to y row by row; in backward dY' holds
+// zeros there, so they add nothing to dW or dx. Up to Wp / OW more GEMM work
+// (LeNet's conv2: 14 / 10), hence the 1.5 limit of conv2d_use_rows.
+
+// xpad (cig planes of conv_rows_plane) = x's cig planes inside zero padding.
+inline void conv_rows_pad(float* xpad, const float* x, int cig, const Conv2dGeom& g) {
+    const int wp = g.W + 2 * g.pw;
+    const size_t plane = conv_rows_plane(g);
+    std::memset(xpad, 0, sizeof(float) * plane * (size_t)cig);
+    for (int c = 0; c < cig; ++c)         // C: planes
+        for (int h = 0; h < g.H; ++h)      // H: rows, each a run of W
+            conv_copy_run(xpad + c * plane + (size_t)(h + g.ph) * wp + g.pw, x + ((ptrdiff_t)c * g.H + h) * g.W, g.W);
+}
+
+// col (K x OH * Wp): row (c, kh, kw) is xpad[c] from kh dh Wp + kw dw on.
+inline void conv_rows_im2col(float* col, const float* xpad, int cig, const Conv2dGeom& g) {
+    const int wp = g.W + 2 * g.pw, n = g.OH * wp;
+    const size_t plane = conv_rows_plane(g);
+    for (int c = 0; c < cig; ++c)              // C, KH, KW: one row of col per (channel, tap)
+        for (int kh = 0; kh < g.KH; ++kh)
+            for (int kw = 0; kw < g.KW; ++kw, col += n)
+                conv_copy_run(col, xpad + c * plane + (size_t)kh * g.dh * wp + (size_t)kw * g.dw, n);
+}
+
+// The forward pass of one sample and group on the row path. scratch holds
+// col, then xpad, then Y'.
+inline void conv_rows_forward(float* yg, const float* xg, const float* wg, const float* bias, int cig, int cog,
+                              const Conv2dGeom& g, float* scratch, float* pack) {
+    const int K = cig * g.KH * g.KW, wp = g.W + 2 * g.pw, n = g.OH * wp;
+    float* col = scratch;
+    float* xpad = col + (size_t)K * n;
+    float* yrows = xpad + gemm_round_up((size_t)cig * conv_rows_plane(g), 16);
+    conv_rows_pad(xpad, xg, cig, g);
+    conv_rows_im2col(col, xpad, cig, g);
+    ConvRowBias rb{yrows, bias};
+    GemmEpilogue ep;
+    if (bias) {
+        ep.tile_fn = conv_add_row_bias;
+        ep.tile_ctx = &rb;
+    }
+    // Y' (cog x OH * Wp) = W[g] (cog x K) * col (K x OH * Wp)
+    gemm_f32_fused(yrows, n, wg, K, false, col, n, false, ep, 1.f, 0.f, pack, cog, n, K);
+    for (int co = 0; co < cog; ++co)        // C_out: channels
+        for (int oh = 0; oh < g.OH; ++oh)    // OH: rows, keeping the first OW of Wp columns
+            conv_copy_run(yg + ((ptrdiff_t)co * g.OH + oh) * g.OW, yrows + (ptrdiff_t)co * n + (ptrdiff_t)oh * wp,
+                          g.OW);
+}
+
+// The backward pass of one sample and group on the row path (dw += ...,
+// dx = ...; either may be null).
+inline void conv_rows_backward(float* dxg, float* dwg, const float* dyg, const float* xg, const float* wg, int cig,
+                               int cog, const Conv2dGeom& g, float* scratch, float* pack) {
+    const int K = cig * g.KH * g.KW, wp = g.W + 2 * g.pw, n = g.OH * wp;
+    const size_t plane = conv_rows_plane(g);
+    float* col = scratch;
+    float* xpad = col + (size_t)K * n;
+    float* dyrows = xpad + gemm_round_up((size_t)cig * plane, 16);
+    // dY' (cog x OH * Wp): dY's rows, zeros in the dropped columns.
+    for (int co = 0; co < cog; ++co)
+        for (int oh = 0; oh < g.OH; ++oh) {  // C_out, OH: rows of dY
+            float* r = dyrows + (ptrdiff_t)co * n + (ptrdiff_t)oh * wp;
+            conv_copy_run(r, dyg + ((ptrdiff_t)co * g.OH + oh) * g.OW, g.OW);
+            for (int j = g.OW; j < wp; ++j) r[j] = 0.f;
+        }
+    if (dwg) {  // dW[g] (cog x K) += dY' (cog x n) * col^T (n x K)
+        conv_rows_pad(xpad, xg, cig, g);
+        conv_rows_im2col(col, xpad, cig, g);
+        gemm_f32(dwg, K, dyrows, n, false, col, n, true, nullptr, 1.f, 1.f, pack, cog, K, n);
+    }
+    if (dxg) {  // dcol (K x n) = W[g]^T dY', added back along the runs it came from
+        gemm_f32(col, n, wg, K, true, dyrows, n, false, nullptr, 1.f, 0.f, pack, K, n, cog);
+        float* dxpad = xpad;
+        std::memset(dxpad, 0, sizeof(float) * plane * (size_t)cig);
+        const float* row = col;
+        for (int c = 0; c < cig; ++c)  // C, KH, KW: one row of dcol per (channel, tap)
+            for (int kh = 0; kh < g.KH; ++kh)
+                for (int kw = 0; kw < g.KW; ++kw, row += n)
+                    conv_add_run(dxpad + c * plane + (size_t)kh * g.dh * wp + (size_t)kw * g.dw, row, n);
+        for (int c = 0; c < cig; ++c)       // C, H: dx's rows out of the padded planes
+            for (int h = 0; h < g.H; ++h)
+                conv_copy_run(dxg + ((ptrdiff_t)c * g.H + h) * g.W, dxpad + c * plane + (size_t)(h + g.ph) * wp + g.pw,
+                              g.W);
     }
 }
 
@@ -288,13 +432,17 @@ inline void conv2d_forward_gemm(float* y, const float* x, const float* w, const 
                                 const Conv2dGeom& g, float* scratch, float* pack) {
     const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
     const int K = cig * g.KH * g.KW, P = g.OH * g.OW, HW = g.H * g.W;
-    const bool pointwise = conv2d_is_pointwise(g);
+    const bool pointwise = conv2d_is_pointwise(g), rows = conv2d_use_rows(g);
     // N: samples; groups: one GEMM each.
     for (int n = 0; n < g.N; ++n) {
         for (int gi = 0; gi < g.groups; ++gi) {
             const float* xg = x + ((ptrdiff_t)n * g.C_in + (ptrdiff_t)gi * cig) * HW;
             float* yg = y + ((ptrdiff_t)n * g.C_out + (ptrdiff_t)gi * cog) * P;
             const float* wg = w + (ptrdiff_t)gi * cog * K;
+            if (rows) {
+                conv_rows_forward(yg, xg, wg, bias ? bias + (ptrdiff_t)gi * cog : nullptr, cig, cog, g, scratch, pack);
+                continue;
+            }
             const float* col = xg;  // pointwise: the input slab is col, (C_in/g) x (H*W)
             if (!pointwise) {
                 conv2d_im2col(scratch, xg, g);
@@ -319,7 +467,7 @@ inline void conv2d_backward_gemm(float* dx, float* dw, float* db, const float* d
                                  const float* w, const Conv2dGeom& g, float* scratch, float* pack) {
     const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
     const int K = cig * g.KH * g.KW, P = g.OH * g.OW, HW = g.H * g.W;
-    const bool pointwise = conv2d_is_pointwise(g);
+    const bool pointwise = conv2d_is_pointwise(g), rows = conv2d_use_rows(g);
     // N: samples; groups: the three products of the group.
     for (int n = 0; n < g.N; ++n) {
         for (int gi = 0; gi < g.groups; ++gi) {
@@ -329,6 +477,11 @@ inline void conv2d_backward_gemm(float* dx, float* dw, float* db, const float* d
             if (db)  // db[co] += sum of dY's row co
                 for (int co = 0; co < cog; ++co)
                     db[gi * cog + co] += (float)conv_sum_f32(dyg + (ptrdiff_t)co * P, P);
+            if (rows) {
+                conv_rows_backward(dx ? dx + ((ptrdiff_t)n * g.C_in + (ptrdiff_t)gi * cig) * HW : nullptr,
+                                   dw ? dw + (ptrdiff_t)gi * cog * K : nullptr, dyg, xg, wg, cig, cog, g, scratch, pack);
+                continue;
+            }
             if (dw) {  // dW[g] (cog x K) += dY[g] (cog x P) * col^T (P x K)
                 const float* col = xg;
                 if (!pointwise) {

@@ -148,9 +148,9 @@ struct GemmEpilogue {
 // b: a kc x NR sliver of op(B), row p at b + p*rs_b: packed (rs_b = NR,
 //    zero-padded past the right edge of B) or, for a full sliver of a
 //    non-transposed B, read in place (rs_b = ldb).
-// c: a full tile of C with row stride ldc. The kernel always computes and
-//    stores the full tile; a ragged tile of C goes through
-//    gemm_f32_edge_tile, which points c at a stack tile instead.
+// c: a tile of C with row stride ldc: ROWS (<= MR, MR by default) rows and
+//    the first nr columns are computed and stored (a ragged right edge with
+//    masked stores); gemm_f32_edge_tile picks ROWS and NV for a ragged tile.
 // beta == 0: c is not read (NaN in C does not leak). bias may be nullptr.
 // The epilogue's ReLU in one float, the same formula as the vector lanes.
 static inline float gemm_relu(float r, float slope) {
@@ -159,16 +159,18 @@ static inline float gemm_relu(float r, float slope) {
 }
 
 #if NN_SIMD
-template <int NV>
+template <int NV, int ROWS = kGemmMR>
 static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                     const float* b, int rs_b, const float* bias, float alpha,
-                                    float beta, int kc, bool relu = false, float slope = 0.f) {
+                                    float beta, int kc, bool relu = false, float slope = 0.f,
+                                    int nr = NV * simd::kWidth) {
     using simd::vf;
-    constexpr int MR = kGemmMR, W = simd::kWidth;
-    vf acc[MR][NV];  // the tile of C, in registers
+    constexpr int W = simd::kWidth;
+    static_assert(ROWS >= 1 && ROWS <= kGemmMR, "a tile has 1 to MR rows");
+    vf acc[ROWS][NV];  // the tile of C, in registers
     // M x N: zero the accumulators.
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = vf(0.f);
 
@@ -180,47 +182,55 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
         for (int v = 0; v < NV; ++v) bp[v] = vf::load_unaligned(b + v * W);
         // M: each row of the tile takes a broadcast of one A value.
 #pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) {
+        for (int i = 0; i < ROWS; ++i) {
             const vf ai(a[i * rs_a]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(ai, bp[v], acc[i][v]);
         }
     }
 
-    // Store, M: rows of the tile; N: NV vectors per row.
+    // Store, M: rows of the tile; N: NV vectors per row, the last one
+    // partial (masked) when nr stops inside it.
     const vf va(alpha), vb(beta), vzero(0.f), vslope(slope);
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < ROWS; ++i) {
         float* ci = c + (ptrdiff_t)i * ldc;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) {
+            const int cols = nr - v * W;
+            if (cols <= 0) break;
+            const bool full = cols >= W;
             vf r = acc[i][v] * va;
-            if (beta != 0.f) r = xsimd::fma(vb, vf::load_unaligned(ci + v * W), r);
-            if (bias) r += vf::load_unaligned(bias + v * W);
+            if (beta != 0.f)
+                r = xsimd::fma(vb, full ? vf::load_unaligned(ci + v * W) : simd::load_partial(ci + v * W, (size_t)cols, 0.f), r);
+            if (bias) r += full ? vf::load_unaligned(bias + v * W) : simd::load_partial(bias + v * W, (size_t)cols, 0.f);
             // max(0, r), in that order: x86 and NEON both return r when r is
             // NaN, so a NaN stays visible to the loss (as in PyTorch).
             if (relu) r = slope == 0.f ? xsimd::max(vzero, r) : xsimd::select(r > vzero, r, r * vslope);
-            r.store_unaligned(ci + v * W);
+            if (full)
+                r.store_unaligned(ci + v * W);
+            else
+                simd::store_partial(ci + v * W, r, (size_t)cols);
         }
     }
 }
 #else
 // The scalar build: the same contract with kWidth = 1 (NV floats per row).
-template <int NV>
+template <int NV, int ROWS = kGemmMR>
 static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                     const float* b, int rs_b, const float* bias, float alpha,
-                                    float beta, int kc, bool relu = false, float slope = 0.f) {
-    constexpr int MR = kGemmMR;
-    float acc[MR][NV] = {};
+                                    float beta, int kc, bool relu = false, float slope = 0.f,
+                                    int nr = NV) {
+    float acc[ROWS][NV] = {};
     // K: one rank-1 update per step, acc += a[:, p] * b[p, :].
     for (int p = 0; p < kc; ++p, a += cs_a, b += rs_b)
         // M x N: every accumulator of the tile.
-        for (int i = 0; i < MR; ++i)
+        for (int i = 0; i < ROWS; ++i)
             for (int j = 0; j < NV; ++j) acc[i][j] += a[i * rs_a] * b[j];
-    // Store, M: rows of the tile; N: columns.
-    for (int i = 0; i < MR; ++i) {
+    // Store, M: rows of the tile; N: the first nr columns.
+    for (int i = 0; i < ROWS; ++i) {
         float* ci = c + (ptrdiff_t)i * ldc;
-        for (int j = 0; j < NV; ++j) {
+        for (int j = 0; j < NV && j < nr; ++j) {
             float r = alpha * acc[i][j];
             if (beta != 0.f) r += beta * ci[j];
             if (bias) r += bias[j];
@@ -231,31 +241,34 @@ static inline void gemm_f32_ukernel(float* c, int ldc, const float* a, int rs_a,
 }
 #endif
 
-// A ragged tile, only mr < MR rows or nr < NR columns of it inside C: run
-// the micro-kernel (one vector wide when nr allows) into a stack tile with
-// alpha applied and beta = 0, then merge only the mr x nr valid corner into
-// C. C outside (M, N) is never touched.
+// The micro-kernel for ROWS = mr rows (mr <= ROWS), chosen at run time.
+template <int NV, int ROWS>
+static inline void gemm_f32_ukernel_rows(int mr, float* c, int ldc, const float* a, int rs_a, int cs_a,
+                                         const float* b, int rs_b, const float* bias, float alpha, float beta,
+                                         int kc, bool relu, float slope, int nr) {
+    if constexpr (ROWS > 1) {
+        if (mr < ROWS) {
+            gemm_f32_ukernel_rows<NV, ROWS - 1>(mr, c, ldc, a, rs_a, cs_a, b, rs_b, bias, alpha, beta, kc, relu,
+                                                slope, nr);
+            return;
+        }
+    }
+    gemm_f32_ukernel<NV, ROWS>(c, ldc, a, rs_a, cs_a, b, rs_b, bias, alpha, beta, kc, relu, slope, nr);
+}
+
+// A ragged tile, only mr < MR rows or nr < NR columns of it inside C: the
+// micro-kernel with mr rows (never reading A's rows past M) and one vector
+// fewer when nr allows, its last vector stored through a mask. C outside
+// (M, N) is never read or written.
 static inline void gemm_f32_edge_tile(float* c, int ldc, const float* a, int rs_a, int cs_a,
                                       const float* b, int rs_b, const float* bias, float alpha,
                                       float beta, int kc, int mr, int nr, bool relu, float slope) {
-    alignas(64) float tile[kGemmMR * kGemmNR];
     if (nr <= simd::kWidth)
-        gemm_f32_ukernel<1>(tile, kGemmNR, a, rs_a, cs_a, b, rs_b, nullptr, alpha, 0.f, kc);
+        gemm_f32_ukernel_rows<1, kGemmMR>(mr, c, ldc, a, rs_a, cs_a, b, rs_b, bias, alpha, beta, kc, relu, slope,
+                                          nr);
     else
-        gemm_f32_ukernel<kGemmNV>(tile, kGemmNR, a, rs_a, cs_a, b, rs_b, nullptr, alpha, 0.f, kc);
-    // M: rows of the valid corner.
-    for (int i = 0; i < mr; ++i) {
-        float* ci = c + (ptrdiff_t)i * ldc;
-        const float* ti = tile + i * kGemmNR;
-        // N: columns of the valid corner.
-        for (int j = 0; j < nr; ++j) {
-            float r = ti[j];
-            if (beta != 0.f) r += beta * ci[j];
-            if (bias) r += bias[j];
-            if (relu) r = gemm_relu(r, slope);
-            ci[j] = r;
-        }
-    }
+        gemm_f32_ukernel_rows<kGemmNV, kGemmMR>(mr, c, ldc, a, rs_a, cs_a, b, rs_b, bias, alpha, beta, kc, relu,
+                                                slope, nr);
 }
 
 // ---------------------------------------------------------------------------

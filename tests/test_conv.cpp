@@ -267,22 +267,33 @@ TEST(Conv, LayerShapes) {
     }
     // The rule at the top of conv.hpp: depthwise with a multiplier of 1 or 2
     // goes direct, without scratch; the layers above and larger multipliers
-    // through the GEMM, with one col matrix of scratch.
+    // through the GEMM. Stride 1 with at most 1.5 padded columns per output
+    // column takes the row path: col over OH x Wp columns, the padded planes
+    // (rounded up to 16 floats) and the output rows as scratch; otherwise
+    // one col matrix over OH x OW.
     const struct {
         Conv2dGeom g;
-        bool direct;
+        bool direct, rows;
     } rule[] = {
-        {geom(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64), true},
-        {geom(1, 16, 28, 28, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16), true},
-        {geom(1, 16, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16), false},
-        {shapes[0], false},
-        {shapes[2], false},
+        {geom(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64), true, true},  // (its GEMM path would)
+        {geom(1, 16, 28, 28, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16), true, false},
+        {geom(1, 16, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16), false, true},
+        {geom(1, 16, 28, 28, 64, 3, 3, 2, 2, 1, 1, 1, 1, 16), false, false},  // stride 2
+        {geom(1, 4, 6, 6, 8, 5, 5, 1, 1, 0, 0, 1, 1, 1), false, false},        // 6 columns for 2 outputs
+        {shapes[0], false, true},
+        {shapes[2], false, true},
     };
     for (auto r : rule) {
         ASSERT_TRUE(nn::conv2d_geom_init(r.g));
         EXPECT_EQ(nn::conv2d_use_direct(r.g), r.direct) << describe(r.g, false);
-        const size_t col = (size_t)(r.g.C_in / r.g.groups) * r.g.KH * r.g.KW * r.g.OH * r.g.OW;
-        EXPECT_EQ(nn::conv2d_scratch_floats(r.g), r.direct ? 0 : col) << describe(r.g, false);
+        EXPECT_EQ(nn::conv2d_use_rows(r.g), r.rows) << describe(r.g, false);
+        const size_t cig = (size_t)(r.g.C_in / r.g.groups), cog = (size_t)(r.g.C_out / r.g.groups);
+        const size_t wp = (size_t)r.g.W + 2 * r.g.pw, hp = (size_t)r.g.H + 2 * r.g.ph;
+        const size_t cols = (size_t)r.g.OH * (r.rows ? wp : (size_t)r.g.OW);
+        const size_t col = cig * r.g.KH * r.g.KW * cols;
+        const size_t planes = (cig * (hp * wp + (size_t)(r.g.KW - 1) * r.g.dw) + 15) / 16 * 16;
+        const size_t want = r.direct ? 0 : r.rows ? col + planes + cog * cols : col;
+        EXPECT_EQ(nn::conv2d_scratch_floats(r.g), want) << describe(r.g, false);
         EXPECT_EQ(nn::conv2d_pack_floats(r.g) == 0, r.direct) << describe(r.g, false);
     }
 }

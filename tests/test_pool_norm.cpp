@@ -312,6 +312,37 @@ TEST(PoolMax, NaNWinsAndAWindowOfMinusInfReportsItsFirstRealCell) {
     EXPECT_EQ(ip[(size_t)gp.ow - 1], 2);  // the last window of row 0 covers column 2 and padding
 }
 
+// The same rules on the unrolled 2x2 stride-2 path (vector lanes, the
+// row's partial last vector).
+TEST(PoolMax, TwoByTwoPathKeepsTheNaNTieAndMinusInfRules) {
+    nn::PoolGeom g = geom(2, 40, 2, 2, 0);
+    ASSERT_TRUE(nn::pool2d_geometry(&g));
+    FVec x(80, 1.0f);
+    auto at = [&](int r, int c) -> float& { return x[(size_t)(r * 40 + c)]; };
+    at(0, 3) = NAN, at(1, 2) = 9.0f;                       // window 1: the NaN wins over a later 9
+    at(0, 10) = NAN, at(1, 11) = NAN;                      // window 5: the last NaN
+    at(0, 34) = at(0, 35) = at(1, 34) = at(1, 35) = -INFINITY;  // window 17: its first cell
+    at(0, 36) = 2.0f, at(1, 37) = 2.0f;                    // window 18: a tie, the first wins
+    at(1, 39) = 7.0f;                                      // window 19: the last cell
+    FVec y(20);
+    IVec idx(20, -1);
+    nn::maxpool2d_forward(y.data(), idx.data(), x.data(), g, 1, 1);
+    EXPECT_TRUE(std::isnan(y[1]));
+    EXPECT_EQ(idx[1], 3);
+    EXPECT_TRUE(std::isnan(y[5]));
+    EXPECT_EQ(idx[5], 51);
+    EXPECT_EQ(y[17], -INFINITY);
+    EXPECT_EQ(idx[17], 34);
+    EXPECT_EQ(y[18], 2.0f);
+    EXPECT_EQ(idx[18], 36);
+    EXPECT_EQ(y[19], 7.0f);
+    EXPECT_EQ(idx[19], 79);
+    for (int j : {0, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}) {
+        EXPECT_EQ(y[j], 1.0f) << j;
+        EXPECT_EQ(idx[j], 2 * j) << j;  // all equal: the window's first cell
+    }
+}
+
 // Every combination of the sizes, kernels, strides, paddings and
 // batches, on continuous values (ties unlikely) and on quarters (ties
 // everywhere): y and idx exactly as the reference; dx as the reference
@@ -320,7 +351,7 @@ TEST(PoolMax, SweepMatchesDoubleReference) {
     std::mt19937 rng(7);
     int run = 0;
     for (int h : {1, 3, 5, 7, 28})
-        for (int w : {1, 3, 5, 7, 28})
+        for (int w : {1, 3, 5, 7, 28, 40})
             for (int k : {2, 3})
                 for (int s : {1, 2})
                     for (int p : {0, 1})
