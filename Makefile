@@ -60,6 +60,7 @@ help:
 	@echo "make test-dist build the examples and the suite from only those two files"
 	@echo "make test-arm  the suite for arm64, armhf (NEON) and armv6 (scalar) under qemu-user"
 	@echo "               (test-arm64, test-armhf, test-armv6; installs cross compilers via deps-arm)"
+	@echo "make size      object and static-program sizes per target into $(BUILD)/size/ (tools/size.sh)"
 	@echo "make deps      apt-get install $(DEPS_PKGS)"
 
 lib: $(BUILD)/nn_impl.o
@@ -197,3 +198,11 @@ test-arm: test-arm64 test-armhf test-armv6
 # The cross compilers and qemu, installed as `make deps` installs its list.
 deps-arm:
 	@$(MAKE) --no-print-directory deps DEPS_PKGS="$(ARM_PKGS)"
+
+# Flash budgets (issue 8, BENCHMARKS.md): nn_impl.o at -O2 and the stripped,
+# statically linked examples/mlp_infer for x86-64 (native and generic),
+# aarch64, armhf and armv6 into $(BUILD)/size/<target>/, then a table. A
+# target whose cross compiler is missing is skipped with a message.
+.PHONY: size
+size:
+	BUILD=$(BUILD) CXX="$(CXX)" OPT="$(OPT)" sh tools/size.sh
