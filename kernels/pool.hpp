@@ -112,7 +112,34 @@ inline void maxpool2x2_plane(float* yp, int32_t* ip, const float* xp, const Pool
         const float* r1 = r0 + g.w;
         const int32_t i0 = 2 * oy * g.w;
         int ox = 0;
-#if NN_SIMD
+#if NN_SIMD && defined(__AVX512F__)
+        // AVX-512 splits even and odd columns with one two-register permute
+        // each, so 32 input columns give 16 outputs with no wasted lanes.
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+        const __m512i lane2 = even;  // 2 k: lane k's first column
+        for (; ox < g.ow; ox += 16) {  // ox: output columns by 16
+            const int c = 2 * ox, n = g.w - c;  // columns left from c
+            const int outs = g.ow - ox < 16 ? g.ow - ox : 16;
+            const __mmask16 lo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+            const __mmask16 hi = (__mmask16)(n >= 32 ? 0xffff : n <= 16 ? 0 : (1u << (n - 16)) - 1);
+            const __m512 ninf = _mm512_set1_ps(-INFINITY);
+            const __m512 a0 = _mm512_mask_loadu_ps(ninf, lo, r0 + c), a1 = _mm512_mask_loadu_ps(ninf, hi, r0 + c + 16);
+            const __m512 b0 = _mm512_mask_loadu_ps(ninf, lo, r1 + c), b1 = _mm512_mask_loadu_ps(ninf, hi, r1 + c + 16);
+            simd::vf m = _mm512_permutex2var_ps(a0, even, a1), code(0.0f);
+            maxpool_take_v(m, code, simd::vf(_mm512_permutex2var_ps(a0, odd, a1)), 1.0f);
+            maxpool_take_v(m, code, simd::vf(_mm512_permutex2var_ps(b0, even, b1)), 2.0f);
+            maxpool_take_v(m, code, simd::vf(_mm512_permutex2var_ps(b0, odd, b1)), 3.0f);
+            const __m512i cell = _mm512_cvttps_epi32(code);
+            const __m512i idx = _mm512_add_epi32(
+                _mm512_add_epi32(_mm512_set1_epi32(i0 + c), lane2),
+                _mm512_add_epi32(_mm512_and_si512(cell, _mm512_set1_epi32(1)),
+                                 _mm512_mullo_epi32(_mm512_srli_epi32(cell, 1), _mm512_set1_epi32(g.w))));
+            const __mmask16 out = (__mmask16)(outs == 16 ? 0xffff : (1u << outs) - 1);
+            _mm512_mask_storeu_ps(yp + oy * g.ow + ox, out, m);
+            _mm512_mask_storeu_epi32(ip + oy * g.ow + ox, out, idx);
+        }
+#elif NN_SIMD
         constexpr int W = simd::kWidth;
         for (; ox < g.ow; ox += W / 2) {  // ox: output columns by W / 2
             const int c = 2 * ox, n = g.w - c;  // n >= 2: columns left from c
