@@ -80,20 +80,20 @@ $(BUILD)/nn_tests: $(TEST_SRC) $(wildcard tests/*.inc) $(wildcard tests/*.hpp) e
 # Each run ends with the line "N passed, M failed" and fails on any failure.
 test: deps
 	@$(MAKE) --no-print-directory $(BUILD)/nn_tests
-	./$(BUILD)/nn_tests
+	$(abspath $(BUILD))/nn_tests
 
 SAN = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 test-san: deps
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/san OPT="$(SAN)" $(BUILD)/san/nn_tests
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./$(BUILD)/san/nn_tests
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(abspath $(BUILD))/san/nn_tests
 
 demo: deps
 	@$(MAKE) --no-print-directory $(BUILD)/mlp_fashion $(BUILD)/spirals
 	@if [ -f $(FASHION)/train-images-idx3-ubyte.gz ] || [ -f $(FASHION)/train-images-idx3-ubyte ]; then \
-	  ./$(BUILD)/mlp_fashion --data $(FASHION); \
+	  $(abspath $(BUILD))/mlp_fashion --data $(FASHION); \
 	else \
 	  echo "Fashion-MNIST is not installed in $(FASHION): training the built-in spirals instead"; \
-	  ./$(BUILD)/spirals; \
+	  $(abspath $(BUILD))/spirals; \
 	fi
 
 bench: $(addprefix $(BUILD)/,$(notdir $(BENCH_SRC:.cpp=)))
@@ -182,7 +182,7 @@ $(BUILD)/$(1)/nn_tests: $(TEST_SRC) $(wildcard tests/*.inc) $(wildcard tests/*.h
 test-$(1): deps-arm
 	@$(MAKE) --no-print-directory $(BUILD)/$(1)/nn_tests
 	@log=$(BUILD)/$(1)/nn_tests.log; \
-	{ $(3) ./$(BUILD)/$(1)/nn_tests; echo $$$$? > $$$$log.rc; } | tee $$$$log; \
+	{ $(3) $(abspath $(BUILD))/$(1)/nn_tests; echo $$$$? > $$$$log.rc; } | tee $$$$log; \
 	rc=$$$$(cat $$$$log.rc); last=$$$$(tail -n 1 $$$$log); \
 	echo "$$$$last" | grep -Eq '^[0-9]+ passed, 0 failed' && [ "$$$$rc" = 0 ] || \
 	{ echo "test-$(1): FAILED (exit status $$$$rc, last line: $$$$last)"; exit 1; }

@@ -6695,6 +6695,25 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
     c->acts.resize(n);
     c->dacts.resize(n);
     st = tensor_alloc(a, batched(m.input, o.max_batch), &c->x_buf, "model input batch");
+    // Gradients: dacts[i] is live only from layer i + 1's backward, which
+    // writes it, to layer i's, which reads it; so two buffers of the largest
+    // size, taken in turn, hold them all (half the memory of one per layer,
+    // which for a convolutional network is most of the arena).
+    // Below the first layer with parameters no gradient is computed (see
+    // backward_all); the loss writes the last or, for a fused softmax, the
+    // one before.
+    int first = 0;
+    while (first < n && c->layers[first].n_params == 0) ++first;
+    if (first > n - 2) first = n - 2 < 0 ? 0 : n - 2;
+    size_t grad_floats = 0;
+    for (int i = first; i < n; ++i) {
+        const size_t f = batched(c->layers[i].out_shape, o.max_batch).numel();
+        grad_floats = f > grad_floats ? f : grad_floats;
+    }
+    float* grad_buf[2] = {nullptr, nullptr};
+    if (st) grad_buf[0] = a.alloc_floats(grad_floats, &st, "layer gradients (ping)");
+    if (st) grad_buf[1] = a.alloc_floats(grad_floats, &st, "layer gradients (pong)");
+    int turn = 1;
     for (int i = 0; i < n && st; ++i) {
         const Shape s = batched(c->layers[i].out_shape, o.max_batch);
         // Flatten only renames the shape: its output (and its gradient) is a
@@ -6708,7 +6727,8 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
         } else {
             st = tensor_alloc(a, s, &c->acts[i], c->layers[i].name);
         }
-        if (st) st = tensor_alloc(a, s, &c->dacts[i], c->layers[i].name);
+        turn ^= 1;  // never the buffer of the layer's input gradient
+        c->dacts[i] = tensor_view(i >= first ? grad_buf[turn] : nullptr, s);
     }
     if (!st) return st;
     const size_t width = c->layers.back().out_shape.numel();
