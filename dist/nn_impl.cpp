@@ -2133,6 +2133,15 @@ inline void scale_f32(float* x, float s, size_t n) {
 //      while it is still in L1, instead of an extra pass over Y. A 1x1
 //      convolution with stride 1 and no padding needs no im2col: col is the
 //      input slab itself (and dx the dcol), so it takes no scratch.
+//   1b. the row path, inside 1 (conv2d_use_rows): stride 1 with at most 1.5x
+//      as many padded columns Wp as output columns OW. Each input plane is
+//      padded once, and col's row (c, kh, kw) becomes one contiguous copy of
+//      OH * Wp floats (see conv_rows_forward for why); Y is computed over
+//      OH x Wp columns and the OW valid ones copied out. For LeNet's 10x10
+//      outputs the OH short copies per row of plain im2col cost more than
+//      the GEMM itself. The weight gradient is summed directly from the
+//      padded planes for at most kConvRowsDirectDw output channels per group
+//      (conv_rows_dw), else by im2col and dW += dY' col^T.
 //   2. direct depthwise (conv2d_depthwise_forward / _backward), when every
 //      group has one input channel (groups == C_in, C_out = multiplier * C_in;
 //      C_in = 1 counts). A GEMM with M = multiplier rows (usually 1) and
@@ -2164,6 +2173,11 @@ inline void scale_f32(float* x, float s, size_t n) {
 // they reuse each loaded input value across MR output channels, the direct
 // kernel across one (and its backward, scatter-add for dx and one dot
 // product per tap for dw, is 2.5-3x its forward).
+// The table predates the row path (1b) and the ragged-tile micro-kernel,
+// which sped up the GEMM side: build/bench_conv (batch 64, median of 3) now
+// gives depthwise 64 ch, 3x3 pad 1, 28x28 as direct 3.9 + 11.3 ms (forward
+// + backward) against GEMM 5.6 + 9.5 ms, a tie. The direct path stays for
+// depthwise, as it needs no scratch; re-measuring the other rows is open.
 //
 // Scratch: conv2d_scratch_floats(g) floats for col (0 for the direct path and
 // pointwise convolutions) and conv2d_pack_floats(g) floats of GEMM packing
