@@ -39,7 +39,15 @@
 //     Backward *accumulates* into parameter gradients; zero_grad() clears them,
 //     so a layer used twice sums the gradients of both uses by itself.
 //
-// 3. The tape style (NNKit, Neograd): a later part of the library.
+// 3. Convolutional networks: the same model, NCHW, PyTorch's argument order.
+//
+//     model.add(nn::Conv2D(1, 32, 5, /*stride=*/1, nn::Same));
+//     model.add(nn::ReLU());
+//     model.add(nn::MaxPool2D(2));
+//     model.add(nn::BatchNorm2d());                    // AvgPool2D, GlobalAvgPool
+//     model.add(nn::Flatten());                        // (C, H, W) order
+//
+// 4. The tape style (NNKit, Neograd): a later part of the library.
 //
 // ---------------------------------------------------------------------------
 // Memory model
