@@ -4710,12 +4710,17 @@ Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t se
         Conv2dGeom g;
         if (!(st = conv_geometry(b, in, max_batch, &g))) return st;
         const size_t col = conv2d_scratch_floats(g), pack = conv2d_pack_floats(g);
-        if (col) b.scratch = arena.alloc_floats(col, &st, b.name);
-        if (!b.pack && !b.pack_shared && pack) {
+        if (!b.pack && !b.pack_shared) {
             b.pack_slots = 1;
             b.pack_stride = pack;
-            b.pack = arena.alloc_floats(pack, &st, b.name);
+            if (pack) b.pack = arena.alloc_floats(pack, &st, b.name);
         }
+        // One col scratch per GEMM slot: the forward pass splits the batch
+        // over that many threads (conv_layer_forward).
+        size_t floats = 0;
+        if (!size_mul(gemm_round_up(col, 16), (size_t)b.pack_slots, &floats))
+            return errorf("Conv2D \"%s\": scratch for %d threads overflows", b.name, b.pack_slots);
+        if (floats) b.scratch = arena.alloc_floats(floats, &st, b.name);
     }
     if (b.kind == LayerKind::BatchNorm) b.scratch = arena.alloc_floats(2 * (size_t)b.in_channels, &st, b.name);
     if (b.kind == LayerKind::MaxPool2D) {
@@ -4913,12 +4918,43 @@ static void dense_backward_z(Layer& L, float* dx, const float* dz, const float* 
 // --- Image layers: geometry from the layer, then one kernel ---------------------
 
 // x (B, C_in, H, W) -> y (B, C_out, OH, OW), by kernels/conv.hpp's path.
+// Samples are independent in the forward pass: thread ith of nth takes
+// samples [B ith / nth, B (ith + 1) / nth) with its own col scratch and GEMM
+// packing slot, and computes each sample exactly as one thread would.
+struct ConvForwardJob {
+    const Layer* L;
+    float* y;
+    const float* x;
+    Conv2dGeom g;  // for the whole batch
+    size_t col_stride, pack_stride;
+};
+
+static void conv_forward_part(void* ctx, int ith, int nth) {
+    const ConvForwardJob& j = *static_cast<const ConvForwardJob*>(ctx);
+    const int n0 = (int)((long long)j.g.N * ith / nth), n1 = (int)((long long)j.g.N * (ith + 1) / nth);
+    if (n1 <= n0) return;
+    Conv2dGeom g = j.g;
+    g.N = n1 - n0;
+    const size_t in = (size_t)g.C_in * g.H * g.W, out = (size_t)g.C_out * g.OH * g.OW;
+    const Layer& L = *j.L;
+    conv2d_forward(j.y + out * (size_t)n0, j.x + in * (size_t)n0, L.params[0].data,
+                   L.use_bias ? L.params[1].data : nullptr, g, L.scratch ? L.scratch + j.col_stride * (size_t)ith : nullptr,
+                   L.pack ? L.pack + j.pack_stride * (size_t)ith : nullptr);
+}
+
 static void conv_layer_forward(Layer& L, float* y, const float* x, int B) {
-    Conv2dGeom g;
-    const Status st = conv_geometry(L, L.in_shape, B, &g);
+    ConvForwardJob j{&L, y, x, {}, 0, 0};
+    const Status st = conv_geometry(L, L.in_shape, B, &j.g);
     NN_ASSERT(st.ok());  // build checked it
     (void)st;
-    conv2d_forward(y, x, L.params[0].data, L.use_bias ? L.params[1].data : nullptr, g, L.scratch, L.pack);
+    j.col_stride = gemm_round_up(conv2d_scratch_floats(j.g), 16);
+    j.pack_stride = L.pack_stride;
+    int nth = num_threads() < L.pack_slots ? num_threads() : L.pack_slots;
+    if (nth > B) nth = B;
+    if (nth <= 1)
+        conv_forward_part(&j, 0, 1);
+    else
+        parallel_for(nth, conv_forward_part, &j);
 }
 
 // dx = dL/dx (when wanted), dW += ..., db += ... (or = with overwrite).

@@ -1072,6 +1072,51 @@ TEST(Threads, TrainingMatchesOneThreadBitForBit) {
     EXPECT_NE(0, std::memcmp(fresh.layer(0).params[0].data, weights[0].data(), sizeof(float) * 128 * F));
 }
 
+// Convolutions split the batch over threads in their forward pass (each
+// thread a share of the samples, with its own scratch): training is still
+// bit for bit that of one thread, with shares of unequal size (5 samples on
+// 3 threads) and both convolution paths.
+TEST(Threads, ConvNetTrainingMatchesOneThreadBitForBit) {
+    const int B = 5, steps = 3;
+    std::vector<float> state[2];
+    for (int run = 0; run < 2; ++run) {
+        const int threads = run == 0 ? 1 : 3;
+        nn::set_num_threads(threads);
+        nn::Model m;
+        m.set_input(nn::make_shape({2, 12, 12}));
+        m.add(nn::Conv2D(2, 8, 3, 1, 1));         // im2col + GEMM (row path)
+        m.add(nn::BatchNorm2d());
+        m.add(nn::ReLU());
+        m.add(nn::MaxPool2D(2));
+        m.add(nn::Conv2D(8, 8, 3, 2, 1, 1, 8));   // depthwise, stride 2: direct
+        m.add(nn::Conv2D(8, 12, 3, 1, 0));        // no padding: plain im2col
+        m.add(nn::Flatten());
+        m.add(nn::Dense(10));
+        ASSERT_TRUE(m.error.ok()) << m.error.message();
+        ASSERT_TRUE(m.compile(ce_adam(B)).ok());
+        EXPECT_EQ(m.layer(0).pack_slots, threads);
+        nn::Rng rng(5);
+        for (int s = 0; s < steps; ++s) {
+            for (size_t i = 0; i < m.x_buf.numel(); ++i) m.x_buf.data[i] = rng.uniform(-1.f, 1.f);
+            for (int r = 0; r < B; ++r) m.y_labels[r] = (int32_t)rng.below(10);
+            nn::Target t;
+            t.labels = m.y_labels;
+            float loss = 0;
+            ASSERT_TRUE(m.train_step(B, t, &loss).ok());
+        }
+        for (int i = 0; i < m.size(); ++i)
+            for (int k = 0; k < m.layer(i).n_params; ++k) {
+                const nn::Tensor& p = m.layer(i).params[k];
+                state[run].insert(state[run].end(), p.data, p.data + p.numel());
+            }
+        const nn::Tensor& out = m.acts.back();  // the last forward's logits
+        state[run].insert(state[run].end(), out.data, out.data + (size_t)B * 10);
+    }
+    nn::set_num_threads(1);
+    ASSERT_EQ(state[0].size(), state[1].size());
+    EXPECT_EQ(0, std::memcmp(state[0].data(), state[1].data(), state[0].size() * sizeof(float)));
+}
+
 TEST(ExplicitStyle, MatchesTheSequentialModel) {
     const int B = 8, steps = 5;
     nn::Model m;
