@@ -1159,6 +1159,10 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
     switch (L.kind) {
         case LayerKind::Dense: dense_forward(L, y.data, x.data, B); break;
         case LayerKind::Activation:
+            if (L.passthrough) {  // the MaxPool2D after it applies the ReLU
+                if (y.data != x.data) std::memcpy(y.data, x.data, n * sizeof(float));
+                break;
+            }
             activation_forward(L, y.data, x.data, (size_t)B, x.row_size());
             break;
         case LayerKind::Dropout:
@@ -1178,6 +1182,7 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
         case LayerKind::MaxPool2D:
             maxpool2d_forward(y.data, L.indices, x.data, layer_pool_geometry(L), (size_t)B,
                               (size_t)L.in_shape.dim[0]);
+            if (L.relu_after_pool) leaky_relu_forward(y.data, y.data, 0.0f, y.numel());
             break;
         case LayerKind::AvgPool2D:
             avgpool2d_forward(y.data, x.data, layer_pool_geometry(L), L.count_include_pad, (size_t)B,
@@ -1212,6 +1217,10 @@ static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor&
             break;
         }
         case LayerKind::Activation:
+            if (L.passthrough) {  // the MaxPool2D after it masked the gradient
+                if (dx.data && dx.data != dy.data) std::memcpy(dx.data, dy.data, n_out * sizeof(float));
+                break;
+            }
             if (dx.data) activation_backward(L, dx.data, dy.data, y.data, (size_t)B, dy.row_size());
             break;
         case LayerKind::Dropout:
@@ -1232,7 +1241,7 @@ static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor&
         case LayerKind::MaxPool2D:
             if (dx.data)
                 maxpool2d_backward(dx.data, dy.data, L.indices, layer_pool_geometry(L), (size_t)B,
-                                   (size_t)L.in_shape.dim[0]);
+                                   (size_t)L.in_shape.dim[0], L.relu_after_pool ? y.data : nullptr);
             break;
         case LayerKind::AvgPool2D:
             if (dx.data)
@@ -2868,6 +2877,16 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
     if (!size_mul(stride, (size_t)slots, &pack_floats))
         return errorf("model: GEMM scratch for %d threads overflows", slots);
     float* pack = stride ? a.alloc_floats(pack_floats, &st, "gemm packing buffers") : nullptr;
+    // ReLU then MaxPool2D: the pooling applies the ReLU to its output, 4x
+    // smaller with 2x2 windows, and masks its own gradient; the ReLU layer
+    // passes through and its buffers are views (see Layer::passthrough).
+    for (int i = 1; i + 1 < n; ++i) {
+        Layer& r = c->layers[i];
+        Layer& p = c->layers[i + 1];
+        const bool fuse = r.kind == LayerKind::Activation && r.act == Act::ReLU && p.kind == LayerKind::MaxPool2D;
+        r.passthrough = fuse;
+        p.relu_after_pool = fuse;
+    }
     in = m.input;
     for (int i = 0; i < n && st; ++i) {
         Layer& L = c->layers[i];
@@ -2904,8 +2923,9 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
     for (int i = 0; i < n && st; ++i) {
         const Shape s = batched(c->layers[i].out_shape, o.max_batch);
         // Flatten only renames the shape: its output (and its gradient) is a
-        // view of its input's buffer, so neither pass copies anything.
-        if (c->layers[i].kind == LayerKind::Flatten) {
+        // view of its input's buffer, so neither pass copies anything. So
+        // for a ReLU whose work the MaxPool2D after it does.
+        if (c->layers[i].kind == LayerKind::Flatten || (c->layers[i].passthrough && i > 0)) {
             c->acts[i] = tensor_view(i > 0 ? c->acts[i - 1].data : c->x_buf.data, s);
             if (i > 0) {
                 c->dacts[i] = tensor_view(c->dacts[i - 1].data, s);

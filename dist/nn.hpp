@@ -307,6 +307,14 @@ struct Layer {
     bool buffer[kMaxParams] = {false};  // state, not trained (running statistics)
     bool frozen = false;  // excluded from optimizer steps
 
+    // Set by Model::compile when a ReLU layer is followed by a MaxPool2D:
+    // the pooling applies the ReLU to its (smaller) output and masks its
+    // gradient (relu(max x) = max relu(x), exactly, NaN included), and the
+    // ReLU layer passes its input through. Its output buffer is then a view
+    // of its input's, holding values before the ReLU.
+    bool relu_after_pool = false;  // MaxPool2D
+    bool passthrough = false;      // the ReLU layer
+
     // Set by build().
     Shape in_shape, out_shape;  // per sample
     int max_batch = 0;

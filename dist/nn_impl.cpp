@@ -1015,9 +1015,17 @@ namespace nn {
 
 // --- ReLU and leaky ReLU ----------------------------------------------------
 
-// y[i] = x[i] > 0 ? x[i] : slope * x[i]   (slope 0: ReLU)
+// y[i] = x[i] > 0 ? x[i] : slope * x[i]; slope 0 (ReLU) gives 0 there, also
+// for -inf (where slope * x would be NaN), and keeps a NaN x. So ReLU is
+// monotone and commutes with max, which lets the model fuse it into the max
+// pooling after it (nn_impl.cpp).
+inline float leaky_relu_scalar(float x, float slope) {
+    if (x > 0.0f) return x;
+    if (slope == 0.0f) return x != x ? x : 0.0f;
+    return slope * x;
+}
 inline void leaky_relu_forward_ref(float* y, const float* x, float slope, size_t n) {
-    for (size_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : slope * x[i];
+    for (size_t i = 0; i < n; ++i) y[i] = leaky_relu_scalar(x[i], slope);
 }
 inline void leaky_relu_forward(float* y, const float* x, float slope, size_t n) {
     size_t i = 0;
@@ -1025,7 +1033,10 @@ inline void leaky_relu_forward(float* y, const float* x, float slope, size_t n) 
     const simd::vf zero(0.0f), s(slope);
     for (; i + simd::kWidth <= n; i += simd::kWidth) {  // i: elements, one vector per step
         simd::vf v = simd::vf::load_unaligned(x + i);
-        xsimd::select(v > zero, v, v * s).store_unaligned(y + i);
+        if (slope == 0.0f)  // !(v <= 0): positive or NaN
+            xsimd::select(!(v <= zero), v, zero).store_unaligned(y + i);
+        else
+            xsimd::select(v > zero, v, v * s).store_unaligned(y + i);
     }
 #endif
     leaky_relu_forward_ref(y + i, x + i, slope, n - i);
@@ -3250,15 +3261,24 @@ inline void maxpool2d_forward(float* y, int32_t* idx, const float* x, const Pool
 // dy and idx are (N, C, oh, ow); dx is (N, C, h, w), written: each dy goes
 // to the cell its output took the maximum from (summed where overlapping
 // windows chose the same cell).
+// relu_y: null, or the outputs of a max pooling whose ReLU was applied after
+// the maximum (relu(max x) = max relu(x)): then only outputs > 0 pass their
+// gradient, which is the ReLU's backward folded into this one.
 inline void maxpool2d_backward(float* dx, const float* dy, const int32_t* idx, const PoolGeom& g,
-                               size_t N, size_t C) {
+                               size_t N, size_t C, const float* relu_y = nullptr) {
     const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.oh * g.ow;
     for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
         float* dxp = dx + p * in_plane;
         const float* dyp = dy + p * out_plane;
         const int32_t* ip = idx + p * out_plane;
         for (size_t i = 0; i < in_plane; ++i) dxp[i] = 0.0f;
-        for (size_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];  // o: outputs of the plane
+        if (relu_y) {
+            const float* yp = relu_y + p * out_plane;
+            for (size_t o = 0; o < out_plane; ++o)  // o: outputs of the plane
+                dxp[ip[o]] += yp[o] > 0.0f ? dyp[o] : 0.0f;
+        } else {
+            for (size_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];  // o: outputs of the plane
+        }
     }
 }
 
@@ -5022,6 +5042,10 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
     switch (L.kind) {
         case LayerKind::Dense: dense_forward(L, y.data, x.data, B); break;
         case LayerKind::Activation:
+            if (L.passthrough) {  // the MaxPool2D after it applies the ReLU
+                if (y.data != x.data) std::memcpy(y.data, x.data, n * sizeof(float));
+                break;
+            }
             activation_forward(L, y.data, x.data, (size_t)B, x.row_size());
             break;
         case LayerKind::Dropout:
@@ -5041,6 +5065,7 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
         case LayerKind::MaxPool2D:
             maxpool2d_forward(y.data, L.indices, x.data, layer_pool_geometry(L), (size_t)B,
                               (size_t)L.in_shape.dim[0]);
+            if (L.relu_after_pool) leaky_relu_forward(y.data, y.data, 0.0f, y.numel());
             break;
         case LayerKind::AvgPool2D:
             avgpool2d_forward(y.data, x.data, layer_pool_geometry(L), L.count_include_pad, (size_t)B,
@@ -5075,6 +5100,10 @@ static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor&
             break;
         }
         case LayerKind::Activation:
+            if (L.passthrough) {  // the MaxPool2D after it masked the gradient
+                if (dx.data && dx.data != dy.data) std::memcpy(dx.data, dy.data, n_out * sizeof(float));
+                break;
+            }
             if (dx.data) activation_backward(L, dx.data, dy.data, y.data, (size_t)B, dy.row_size());
             break;
         case LayerKind::Dropout:
@@ -5095,7 +5124,7 @@ static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor&
         case LayerKind::MaxPool2D:
             if (dx.data)
                 maxpool2d_backward(dx.data, dy.data, L.indices, layer_pool_geometry(L), (size_t)B,
-                                   (size_t)L.in_shape.dim[0]);
+                                   (size_t)L.in_shape.dim[0], L.relu_after_pool ? y.data : nullptr);
             break;
         case LayerKind::AvgPool2D:
             if (dx.data)
@@ -6731,6 +6760,16 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
     if (!size_mul(stride, (size_t)slots, &pack_floats))
         return errorf("model: GEMM scratch for %d threads overflows", slots);
     float* pack = stride ? a.alloc_floats(pack_floats, &st, "gemm packing buffers") : nullptr;
+    // ReLU then MaxPool2D: the pooling applies the ReLU to its output, 4x
+    // smaller with 2x2 windows, and masks its own gradient; the ReLU layer
+    // passes through and its buffers are views (see Layer::passthrough).
+    for (int i = 1; i + 1 < n; ++i) {
+        Layer& r = c->layers[i];
+        Layer& p = c->layers[i + 1];
+        const bool fuse = r.kind == LayerKind::Activation && r.act == Act::ReLU && p.kind == LayerKind::MaxPool2D;
+        r.passthrough = fuse;
+        p.relu_after_pool = fuse;
+    }
     in = m.input;
     for (int i = 0; i < n && st; ++i) {
         Layer& L = c->layers[i];
@@ -6767,8 +6806,9 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
     for (int i = 0; i < n && st; ++i) {
         const Shape s = batched(c->layers[i].out_shape, o.max_batch);
         // Flatten only renames the shape: its output (and its gradient) is a
-        // view of its input's buffer, so neither pass copies anything.
-        if (c->layers[i].kind == LayerKind::Flatten) {
+        // view of its input's buffer, so neither pass copies anything. So
+        // for a ReLU whose work the MaxPool2D after it does.
+        if (c->layers[i].kind == LayerKind::Flatten || (c->layers[i].passthrough && i > 0)) {
             c->acts[i] = tensor_view(i > 0 ? c->acts[i - 1].data : c->x_buf.data, s);
             if (i > 0) {
                 c->dacts[i] = tensor_view(c->dacts[i - 1].data, s);

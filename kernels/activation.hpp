@@ -27,9 +27,17 @@ namespace nn {
 
 // --- ReLU and leaky ReLU ----------------------------------------------------
 
-// y[i] = x[i] > 0 ? x[i] : slope * x[i]   (slope 0: ReLU)
+// y[i] = x[i] > 0 ? x[i] : slope * x[i]; slope 0 (ReLU) gives 0 there, also
+// for -inf (where slope * x would be NaN), and keeps a NaN x. So ReLU is
+// monotone and commutes with max, which lets the model fuse it into the max
+// pooling after it (nn_impl.cpp).
+inline float leaky_relu_scalar(float x, float slope) {
+    if (x > 0.0f) return x;
+    if (slope == 0.0f) return x != x ? x : 0.0f;
+    return slope * x;
+}
 inline void leaky_relu_forward_ref(float* y, const float* x, float slope, size_t n) {
-    for (size_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : slope * x[i];
+    for (size_t i = 0; i < n; ++i) y[i] = leaky_relu_scalar(x[i], slope);
 }
 inline void leaky_relu_forward(float* y, const float* x, float slope, size_t n) {
     size_t i = 0;
@@ -37,7 +45,10 @@ inline void leaky_relu_forward(float* y, const float* x, float slope, size_t n) 
     const simd::vf zero(0.0f), s(slope);
     for (; i + simd::kWidth <= n; i += simd::kWidth) {  // i: elements, one vector per step
         simd::vf v = simd::vf::load_unaligned(x + i);
-        xsimd::select(v > zero, v, v * s).store_unaligned(y + i);
+        if (slope == 0.0f)  // !(v <= 0): positive or NaN
+            xsimd::select(!(v <= zero), v, zero).store_unaligned(y + i);
+        else
+            xsimd::select(v > zero, v, v * s).store_unaligned(y + i);
     }
 #endif
     leaky_relu_forward_ref(y + i, x + i, slope, n - i);

@@ -219,15 +219,24 @@ inline void maxpool2d_forward(float* y, int32_t* idx, const float* x, const Pool
 // dy and idx are (N, C, oh, ow); dx is (N, C, h, w), written: each dy goes
 // to the cell its output took the maximum from (summed where overlapping
 // windows chose the same cell).
+// relu_y: null, or the outputs of a max pooling whose ReLU was applied after
+// the maximum (relu(max x) = max relu(x)): then only outputs > 0 pass their
+// gradient, which is the ReLU's backward folded into this one.
 inline void maxpool2d_backward(float* dx, const float* dy, const int32_t* idx, const PoolGeom& g,
-                               size_t N, size_t C) {
+                               size_t N, size_t C, const float* relu_y = nullptr) {
     const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.oh * g.ow;
     for (size_t p = 0; p < N * C; ++p) {  // p: (n, c) planes
         float* dxp = dx + p * in_plane;
         const float* dyp = dy + p * out_plane;
         const int32_t* ip = idx + p * out_plane;
         for (size_t i = 0; i < in_plane; ++i) dxp[i] = 0.0f;
-        for (size_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];  // o: outputs of the plane
+        if (relu_y) {
+            const float* yp = relu_y + p * out_plane;
+            for (size_t o = 0; o < out_plane; ++o)  // o: outputs of the plane
+                dxp[ip[o]] += yp[o] > 0.0f ? dyp[o] : 0.0f;
+        } else {
+            for (size_t o = 0; o < out_plane; ++o) dxp[ip[o]] += dyp[o];  // o: outputs of the plane
+        }
     }
 }
 

@@ -948,6 +948,27 @@ void expect_close_arrays(const float* a, const float* ref, size_t n, double rel,
     }
 }
 
+// ReLU: 0 for -inf (not -inf * 0 = NaN), NaN kept, -0 and negatives to 0;
+// leaky ReLU keeps slope * x.
+TEST(ActKernel, ReluOfSpecialValues) {
+    const float x[] = {-INFINITY, NAN, -0.0f, -3.0f, 0.0f, 2.5f, INFINITY, -1e-30f,
+                       -INFINITY, NAN, -0.0f, -3.0f, 0.0f, 2.5f, INFINITY, -1e-30f,
+                       -INFINITY, NAN};
+    const size_t n = sizeof x / sizeof x[0];
+    std::vector<float> y(n), l(n);
+    nn::leaky_relu_forward(y.data(), x, 0.0f, n);
+    nn::leaky_relu_forward(l.data(), x, 0.5f, n);
+    for (size_t i = 0; i < n; ++i) {
+        if (std::isnan(x[i])) {
+            EXPECT_TRUE(std::isnan(y[i])) << i;
+            EXPECT_TRUE(std::isnan(l[i])) << i;
+        } else {
+            EXPECT_EQ(y[i], x[i] > 0 ? x[i] : 0.0f) << i << " x " << x[i];
+            EXPECT_EQ(l[i], x[i] > 0 ? x[i] : 0.5f * x[i]) << i;
+        }
+    }
+}
+
 TEST(ActKernel, SigmoidMatchesRef) {
     nn::Rng rng(2);
     for (size_t n : kSizes) {

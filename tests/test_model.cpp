@@ -1117,6 +1117,52 @@ TEST(Threads, ConvNetTrainingMatchesOneThreadBitForBit) {
     EXPECT_EQ(0, std::memcmp(state[0].data(), state[1].data(), state[0].size() * sizeof(float)));
 }
 
+// ReLU then MaxPool2D is fused by compile (the pooling applies the ReLU to
+// its output and masks the gradient); LeakyReLU(0) computes the same values
+// and is not fused. Training both gives equal weights: relu(max x) is
+// max relu(x) exactly.
+TEST(Fusion, ReluBeforeMaxPoolTrainsExactlyAsUnfused) {
+    const int B = 6, steps = 3;
+    std::vector<float> state[2];
+    size_t arena[2];
+    for (int run = 0; run < 2; ++run) {
+        nn::Model m;
+        m.set_input(nn::make_shape({1, 10, 10}));
+        m.add(nn::Conv2D(1, 4, 3, 1, 1));
+        m.add(run == 0 ? nn::ReLU() : nn::LeakyReLU(0.0f));
+        m.add(nn::MaxPool2D(2));
+        m.add(nn::Conv2D(4, 6, 3));
+        m.add(run == 0 ? nn::ReLU() : nn::LeakyReLU(0.0f));
+        m.add(nn::MaxPool2D(3, 1, 1));  // overlapping windows
+        m.add(nn::Flatten());
+        m.add(nn::Dense(5));
+        ASSERT_TRUE(m.compile(ce_adam(B)).ok());
+        EXPECT_EQ(m.layer(1).passthrough, run == 0);
+        EXPECT_EQ(m.layer(2).relu_after_pool, run == 0);
+        EXPECT_EQ(m.layer(5).relu_after_pool, run == 0);
+        arena[run] = m.arena_needed;
+        nn::Rng rng(17);
+        for (int s = 0; s < steps; ++s) {
+            for (size_t i = 0; i < m.x_buf.numel(); ++i) m.x_buf.data[i] = rng.uniform(-1.f, 1.f);
+            for (int r = 0; r < B; ++r) m.y_labels[r] = (int32_t)rng.below(5);
+            nn::Target t;
+            t.labels = m.y_labels;
+            float loss = 0;
+            ASSERT_TRUE(m.train_step(B, t, &loss).ok());
+        }
+        for (int i = 0; i < m.size(); ++i)
+            for (int k = 0; k < m.layer(i).n_params; ++k) {
+                const nn::Tensor& p = m.layer(i).params[k];
+                state[run].insert(state[run].end(), p.data, p.data + p.numel());
+            }
+        const nn::Tensor& out = m.acts.back();
+        state[run].insert(state[run].end(), out.data, out.data + (size_t)B * 5);
+    }
+    ASSERT_EQ(state[0].size(), state[1].size());
+    for (size_t i = 0; i < state[0].size(); ++i) ASSERT_EQ(state[0][i], state[1][i]) << "value " << i;
+    EXPECT_LT(arena[0], arena[1]) << "the fused ReLU keeps no output buffer";
+}
+
 TEST(ExplicitStyle, MatchesTheSequentialModel) {
     const int B = 8, steps = 5;
     nn::Model m;
