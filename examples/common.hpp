@@ -115,3 +115,36 @@ inline int fail(const nn::Status& st) {
     std::fprintf(stderr, "error: %s\n", st.message());
     return 1;
 }
+
+// What the Keras-style classifiers share after building their model:
+// compile with cross-entropy on logits and Adam 1e-3 at the given batch,
+// print the summary, fit (counting heap allocations per step), evaluate on
+// the test set and print the RESULT line. Returns the exit status.
+inline int fit_and_report(nn::Model& model, const nn::Dataset& train, const nn::Dataset& test,
+                          const ExampleArgs& args, const char* name, int epochs, int batch) {
+    nn::CompileOptions co;
+    co.loss = nn::CrossEntropy();  // on the logits, with a stable softmax
+    co.optimizer = nn::Adam(1e-3f);
+    co.max_batch = batch;
+    co.seed = args.seed;
+    nn::Status st = model.compile(co);
+    if (!st) return fail(st);
+    model.summary();
+
+    nn::FitOptions fo;
+    fo.epochs = epochs;
+    fo.batch_size = batch;
+    fo.seed = args.seed;
+    fo.verbose = args.verbose;
+    fo.steps_per_epoch = args.steps;
+    StepAllocCounter allocs;
+    allocs.attach(fo);
+    if (!(st = model.fit(train, fo))) return fail(st);
+
+    nn::EvalResult r;
+    if (!(st = model.evaluate(test, &r))) return fail(st);
+    std::printf("test loss %.4f, test accuracy %.4f\n", r.loss, r.metric);
+    print_result(name, epochs, mean_epoch_seconds(model.history), r.metric, model.arena_needed, allocs.per_step(),
+                 mean_epoch_steps(model.history));
+    return 0;
+}

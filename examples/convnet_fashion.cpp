@@ -37,28 +37,5 @@ int main(int argc, char** argv) {
     model.add(nn::Dense(1024, nn::Act::ReLU));
     model.add(nn::Dropout(0.4f));
     model.add(nn::Dense(10));
-    nn::CompileOptions co;
-    co.loss = nn::CrossEntropy();
-    co.optimizer = nn::Adam(1e-3f);
-    co.max_batch = batch;
-    co.seed = args.seed;
-    if (!(st = model.compile(co))) return fail(st);
-    model.summary();
-
-    nn::FitOptions fo;
-    fo.epochs = epochs;
-    fo.batch_size = batch;
-    fo.seed = args.seed;
-    fo.verbose = args.verbose;
-    fo.steps_per_epoch = args.steps;
-    StepAllocCounter allocs;
-    allocs.attach(fo);
-    if (!(st = model.fit(train, fo))) return fail(st);
-
-    nn::EvalResult r;
-    if (!(st = model.evaluate(test, &r))) return fail(st);
-    std::printf("test loss %.4f, test accuracy %.4f\n", r.loss, r.metric);
-    print_result("convnet_fashion", epochs, mean_epoch_seconds(model.history), r.metric, model.arena_needed,
-                 allocs.per_step(), mean_epoch_steps(model.history));
-    return 0;
+    return fit_and_report(model, train, test, args, "convnet_fashion", epochs, batch);
 }

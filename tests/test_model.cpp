@@ -1072,6 +1072,30 @@ TEST(Threads, TrainingMatchesOneThreadBitForBit) {
     EXPECT_NE(0, std::memcmp(fresh.layer(0).params[0].data, weights[0].data(), sizeof(float) * 128 * F));
 }
 
+// Trains a compiled model for `steps` random batches of B (inputs in
+// [-1, 1), labels below `classes`) and returns every parameter, then the last
+// batch's outputs.
+std::vector<float> train_and_collect(nn::Model& m, int B, int steps, int classes, uint64_t seed) {
+    nn::Rng rng(seed);
+    for (int s = 0; s < steps; ++s) {
+        for (size_t i = 0; i < m.x_buf.numel(); ++i) m.x_buf.data[i] = rng.uniform(-1.f, 1.f);
+        for (int r = 0; r < B; ++r) m.y_labels[r] = (int32_t)rng.below((uint32_t)classes);
+        nn::Target t;
+        t.labels = m.y_labels;
+        float loss = 0;
+        EXPECT_TRUE(m.train_step(B, t, &loss).ok());
+    }
+    std::vector<float> state;
+    for (int i = 0; i < m.size(); ++i)
+        for (int k = 0; k < m.layer(i).n_params; ++k) {
+            const nn::Tensor& p = m.layer(i).params[k];
+            state.insert(state.end(), p.data, p.data + p.numel());
+        }
+    const nn::Tensor& out = m.acts.back();
+    state.insert(state.end(), out.data, out.data + (size_t)B * classes);
+    return state;
+}
+
 // Convolutions split the batch over threads in their forward pass (each
 // thread a share of the samples, with its own scratch): training is still
 // bit for bit that of one thread, with shares of unequal size (5 samples on
@@ -1095,22 +1119,7 @@ TEST(Threads, ConvNetTrainingMatchesOneThreadBitForBit) {
         ASSERT_TRUE(m.error.ok()) << m.error.message();
         ASSERT_TRUE(m.compile(ce_adam(B)).ok());
         EXPECT_EQ(m.layer(0).pack_slots, threads);
-        nn::Rng rng(5);
-        for (int s = 0; s < steps; ++s) {
-            for (size_t i = 0; i < m.x_buf.numel(); ++i) m.x_buf.data[i] = rng.uniform(-1.f, 1.f);
-            for (int r = 0; r < B; ++r) m.y_labels[r] = (int32_t)rng.below(10);
-            nn::Target t;
-            t.labels = m.y_labels;
-            float loss = 0;
-            ASSERT_TRUE(m.train_step(B, t, &loss).ok());
-        }
-        for (int i = 0; i < m.size(); ++i)
-            for (int k = 0; k < m.layer(i).n_params; ++k) {
-                const nn::Tensor& p = m.layer(i).params[k];
-                state[run].insert(state[run].end(), p.data, p.data + p.numel());
-            }
-        const nn::Tensor& out = m.acts.back();  // the last forward's logits
-        state[run].insert(state[run].end(), out.data, out.data + (size_t)B * 10);
+        state[run] = train_and_collect(m, B, steps, 10, 5);
     }
     nn::set_num_threads(1);
     ASSERT_EQ(state[0].size(), state[1].size());
@@ -1141,22 +1150,7 @@ TEST(Fusion, ReluBeforeMaxPoolTrainsExactlyAsUnfused) {
         EXPECT_EQ(m.layer(2).relu_after_pool, run == 0);
         EXPECT_EQ(m.layer(5).relu_after_pool, run == 0);
         arena[run] = m.arena_needed;
-        nn::Rng rng(17);
-        for (int s = 0; s < steps; ++s) {
-            for (size_t i = 0; i < m.x_buf.numel(); ++i) m.x_buf.data[i] = rng.uniform(-1.f, 1.f);
-            for (int r = 0; r < B; ++r) m.y_labels[r] = (int32_t)rng.below(5);
-            nn::Target t;
-            t.labels = m.y_labels;
-            float loss = 0;
-            ASSERT_TRUE(m.train_step(B, t, &loss).ok());
-        }
-        for (int i = 0; i < m.size(); ++i)
-            for (int k = 0; k < m.layer(i).n_params; ++k) {
-                const nn::Tensor& p = m.layer(i).params[k];
-                state[run].insert(state[run].end(), p.data, p.data + p.numel());
-            }
-        const nn::Tensor& out = m.acts.back();
-        state[run].insert(state[run].end(), out.data, out.data + (size_t)B * 5);
+        state[run] = train_and_collect(m, B, steps, 5, 17);
     }
     ASSERT_EQ(state[0].size(), state[1].size());
     for (size_t i = 0; i < state[0].size(); ++i) ASSERT_EQ(state[0][i], state[1][i]) << "value " << i;
