@@ -320,8 +320,9 @@ struct Layer {
     bool built = false;
     // Scratch carved by build(): gradient before the activation (Dense),
     // logits kept for a fused softmax cross-entropy, the dropout mask.
-    // Conv2D: the im2col matrix of one sample. BatchNorm: the batch's mean
-    // and 1/std per channel. MaxPool2D: the argmax of every output.
+    // Conv2D: conv2d_scratch_floats (im2col and padded planes) per GEMM
+    // slot. BatchNorm: the batch's mean and 1/std per channel. MaxPool2D:
+    // the argmax of every output (indices).
     float* scratch = nullptr;
     float* logits = nullptr;
     float* mask = nullptr;
