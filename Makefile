@@ -34,7 +34,7 @@ CXXFLAGS_ALL = $(STD) $(OPT) $(ARCH) $(WARN) $(DEFS) -I. $(EXTRA)
 
 LIB_SRC   = nn_impl.cpp
 LIB_DEPS  = nn.hpp $(wildcard kernels/*.hpp)
-EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer lenet_fashion convnet_fashion cifar_cnn
+EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer lenet_fashion convnet_fashion cifar_cnn autograd_nnkit autograd_circles
 TEST_SRC  = $(wildcard tests/test_*.cpp) tests/main.cpp
 BENCH_SRC = $(wildcard bench/bench_*.cpp)
 

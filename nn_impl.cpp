@@ -15,6 +15,7 @@
 #include "kernels/conv.hpp"
 #include "kernels/pool.hpp"
 #include "kernels/norm.hpp"
+#include "kernels/strided.hpp"
 
 #include <cctype>
 #include <cerrno>
@@ -24,6 +25,7 @@
 #include <cstdarg>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include <atomic>
@@ -1667,6 +1669,11 @@ float Optimizer::current_lr() const {
 // One thread's share of an optimizer step: for every trainable parameter,
 // elements [begin, end) with begin and end on vector boundaries, so each
 // element is updated by the same instructions whatever the thread count.
+// Whether step() updates p: trainable, with buffers, and not a frozen tape leaf.
+static bool steps_param(const Param& p) {
+    return p.trainable && p.value && p.grad && (!p.requires_grad || *p.requires_grad);
+}
+
 struct OptimStepJob {
     Optimizer* opt;
     float lr;
@@ -1680,7 +1687,7 @@ static void optim_step_range(void* ctx, int ith, int nth) {
     const size_t W = (size_t)simd::kWidth;
     for (int i = 0; i < o.n_params; ++i) {
         Param& p = o.params[i];
-        if (!p.trainable || !p.value || !p.grad) continue;
+        if (!steps_param(p)) continue;
         const int64_t t = o.param_steps[i];
         const size_t vecs = (p.size + W - 1) / W;
         const size_t begin = vecs * (size_t)ith / (size_t)nth * W;
@@ -1742,7 +1749,7 @@ void Optimizer::step() {
         double ss = 0.0;
         for (int i = 0; i < n_params; ++i) {
             const Param& p = params[i];
-            if (p.trainable && p.grad) ss += sum_squares_f32(p.grad, p.size);
+            if (steps_param(p)) ss += sum_squares_f32(p.grad, p.size);
         }
         const float total = (float)std::sqrt(ss);
         last_grad_norm = total;
@@ -1751,7 +1758,7 @@ void Optimizer::step() {
             if (coef < 1.0f)
                 for (int i = 0; i < n_params; ++i) {
                     Param& p = params[i];
-                    if (p.trainable && p.grad) scale_f32(p.grad, coef, p.size);
+                    if (steps_param(p)) scale_f32(p.grad, coef, p.size);
                 }
         }
     }
@@ -1760,7 +1767,7 @@ void Optimizer::step() {
     // updates, which are elementwise, run on (ith, nth) ranges of each.
     for (int i = 0; i < n_params; ++i) {
         const Param& p = params[i];
-        if (p.trainable && p.value && p.grad) ++param_steps[i];
+        if (steps_param(p)) ++param_steps[i];
     }
     OptimStepJob job{this, lr};
     const int nth = optim_useful_threads(*this);
@@ -3680,6 +3687,1454 @@ Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult
     for (int k = 0; k < L.n_params; ++k)
         std::memcpy(L.buffer[k] ? L.params[k].data : L.grads[k].data, saved[k], L.params[k].numel() * sizeof(float));
     scratch.reset(mark);
+    return st;
+}
+// ===========================================================================
+// Tape: the dynamic autograd graph. Each operation carves its output (and
+// what its backward needs) from the tape's arena and links a node to the
+// previous one; backward walks the links from the newest node back, which is
+// reverse topological order, since an operation can only take Vars that
+// existed before it.
+// ===========================================================================
+
+enum class TapeOp : uint8_t {
+    Add, Sub, Mul, Div, AddScalar, MulScalar, MatMul, Transpose, Reshape, Slice, Concat, Sum,
+    Exp, Log, Pow, Sqrt, Abs, Clamp, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax,
+    Dense, Apply, Loss, Custom
+};
+
+struct VarData {
+    Tensor value, grad;
+    Tape* tape = nullptr;
+    TapeNode* node = nullptr;  // the operation that made it; null for leaves
+    const char* name = "";
+    bool requires_grad = false;
+    bool leaf = false;
+    uint64_t reach_pass = 0;  // the last backward pass that needed its gradient
+};
+
+struct TapeNode {
+    TapeOp op = TapeOp::Add;
+    bool released = false;  // spent by a backward without retain_graph
+    TapeNode* prev = nullptr;
+    VarData* out = nullptr;
+    VarData** in = nullptr;
+    int n_in = 0;
+    int iarg[4] = {0, 0, 0, 0};  // axes, offsets, flags (per operation)
+    float farg[2] = {0, 0};     // scalars (per operation)
+    int box[4] = {1, 1, 1, 1};  // the strided loop's index box (kernels/strided.hpp)
+    Act act = Act::None;
+    Layer* layer = nullptr;
+    Loss loss;
+    const CustomOp* custom = nullptr;
+    void* user = nullptr;
+    float* saved = nullptr;  // what backward needs from forward (see each op)
+};
+
+static const char* tape_op_name(TapeOp op) {
+    switch (op) {
+        case TapeOp::Add: return "add";
+        case TapeOp::Sub: return "sub";
+        case TapeOp::Mul: return "mul";
+        case TapeOp::Div: return "div";
+        case TapeOp::AddScalar: return "add_scalar";
+        case TapeOp::MulScalar: return "mul_scalar";
+        case TapeOp::MatMul: return "matmul";
+        case TapeOp::Transpose: return "transpose";
+        case TapeOp::Reshape: return "reshape";
+        case TapeOp::Slice: return "slice";
+        case TapeOp::Concat: return "concat";
+        case TapeOp::Sum: return "sum";
+        case TapeOp::Exp: return "exp";
+        case TapeOp::Log: return "log";
+        case TapeOp::Pow: return "pow";
+        case TapeOp::Sqrt: return "sqrt";
+        case TapeOp::Abs: return "abs";
+        case TapeOp::Clamp: return "clamp";
+        case TapeOp::LeakyReLU: return "leaky_relu";
+        case TapeOp::Sigmoid: return "sigmoid";
+        case TapeOp::Tanh: return "tanh";
+        case TapeOp::Softmax: return "softmax";
+        case TapeOp::LogSoftmax: return "log_softmax";
+        case TapeOp::Dense: return "dense";
+        case TapeOp::Apply: return "apply";
+        case TapeOp::Loss: return "loss";
+        case TapeOp::Custom: return "custom";
+    }
+    return "?";
+}
+
+// Graph ids are unique across tapes, so a layer applied by two tapes is told apart.
+static uint64_t next_graph_id() {
+    static std::atomic<uint64_t> id{0};
+    return ++id;
+}
+
+// --- Var accessors --------------------------------------------------------------
+
+static const Tensor kNoTensor{};
+static const Shape kNoShape{};
+
+const Tensor& Var::value() const { return p ? p->value : kNoTensor; }
+const Tensor& Var::grad() const { return p ? p->grad : kNoTensor; }
+const Shape& Var::shape() const { return p ? p->value.shape : kNoShape; }
+size_t Var::numel() const { return p ? p->value.numel() : 0; }
+float Var::item() const { return p && p->value.data ? p->value.data[0] : 0.0f; }
+bool Var::requires_grad() const { return p && p->requires_grad; }
+const char* Var::name() const { return p ? p->name : "(empty)"; }
+Tape* Var::tape() const { return p ? p->tape : nullptr; }
+void Var::set_requires_grad(bool on) const {
+    if (!p) return;
+    // Only a leaf with a gradient buffer can want a gradient.
+    if (!p->leaf)
+        p->tape->fail(errorf("tape: set_requires_grad: \"%s\" is the result of an operation; only leaves "
+                             "(param, variable, wrap_tensor) can be frozen or unfrozen", p->name));
+    else if (on && !p->grad.data)
+        p->tape->fail(errorf("tape: set_requires_grad: leaf \"%s\" was made without a gradient buffer "
+                             "(a constant); make it with param() or variable(..., true)", p->name));
+    else
+        p->requires_grad = on;
+}
+void Var::zero_grad() const {
+    if (p && p->grad.data) std::memset(p->grad.data, 0, p->grad.numel() * sizeof(float));
+}
+
+Param as_param(const Var& v, const char* name) {
+    Param q;
+    if (!v.p) return q;
+    q.name = name ? name : v.p->name;
+    q.value = v.p->value.data;
+    q.grad = v.p->grad.data;
+    q.size = v.p->value.numel();
+    q.trainable = v.p->leaf && v.p->grad.data != nullptr;
+    q.requires_grad = &v.p->requires_grad;
+    return q;
+}
+
+// --- The tape itself ----------------------------------------------------------
+
+Status Tape::reserve(size_t bytes) {
+    Status st = arena.reserve(bytes);
+    if (st && graph == 0) graph = next_graph_id();
+    return st;
+}
+
+Status Tape::wrap(void* buffer, size_t bytes) {
+    Status st = arena.wrap(buffer, bytes);
+    if (st && graph == 0) graph = next_graph_id();
+    return st;
+}
+
+Var Tape::fail(const Status& st) {
+    if (error.ok()) error = st;
+    return Var{};
+}
+
+TapeMark Tape::mark() const {
+    TapeMark m;
+    m.arena_used = arena.used;
+    m.last = last;
+    m.nodes = nodes;
+    m.pack = pack;
+    m.pack_floats = pack_floats;
+    return m;
+}
+
+void Tape::reset(const TapeMark& m) {
+    arena.reset(m.arena_used);
+    last = m.last;
+    nodes = m.nodes;
+    pack = m.pack;
+    pack_floats = m.pack_floats;
+    graph = next_graph_id();
+    error = Status{};
+}
+
+static bool tape_shape_ok(const Shape& s) {
+    if (s.ndim < 1 || s.ndim > kMaxDims) return false;
+    for (int i = 0; i < s.ndim; ++i)
+        if (s.dim[i] < 1) return false;
+    return true;
+}
+
+// A Var with a value of shape s carved from the arena (contents unset).
+static VarData* tape_new_var(Tape& t, const Shape& s, const char* name) {
+    char buf[64];
+    if (!tape_shape_ok(s)) {
+        t.fail(errorf("tape: %s: shape %s is not 1 to %d positive dimensions", name, shape_str(s, buf, sizeof buf),
+                      kMaxDims));
+        return nullptr;
+    }
+    if (!t.arena.base)
+        t.fail(errorf("tape: %s: the tape has no memory; call reserve(bytes) or wrap(buffer, bytes) first", name));
+    if (!t.error.ok()) return nullptr;
+    Status st;
+    void* mem = t.arena.alloc(sizeof(VarData), &st, name);
+    float* data = mem ? t.arena.alloc_floats(s.numel(), &st, name) : nullptr;
+    if (!data) {
+        t.fail(errorf("tape: %s: %s", name, st.message()));
+        return nullptr;
+    }
+    VarData* v = new (mem) VarData();
+    v->value = tensor_view(data, s);
+    v->tape = &t;
+    v->name = name;
+    return v;
+}
+
+static float* tape_floats(Tape& t, size_t n, const char* what) {
+    Status st;
+    float* f = t.arena.alloc_floats(n, &st, what);
+    if (!f) t.fail(errorf("tape: %s: %s", what, st.message()));
+    return f;
+}
+
+static Var tape_leaf(Tape& t, const Shape& s, const float* data, bool wants_grad, const char* name) {
+    VarData* v = tape_new_var(t, s, name);
+    if (!v) return Var{};
+    const size_t n = s.numel();
+    if (data) std::memcpy(v->value.data, data, n * sizeof(float));
+    else std::memset(v->value.data, 0, n * sizeof(float));
+    v->leaf = true;
+    if (wants_grad) {
+        float* g = tape_floats(t, n, name);
+        if (!g) return Var{};
+        std::memset(g, 0, n * sizeof(float));
+        v->grad = tensor_view(g, s);
+        v->requires_grad = true;
+    }
+    return Var{v};
+}
+
+Var Tape::param(const Shape& s, const float* data, const char* name) { return tape_leaf(*this, s, data, true, name); }
+Var Tape::variable(const Shape& s, const float* data, bool requires_grad, const char* name) {
+    return tape_leaf(*this, s, data, requires_grad, name);
+}
+Var Tape::constant(const Shape& s, const float* data, const char* name) {
+    return tape_leaf(*this, s, data, false, name);
+}
+
+Var Tape::wrap_tensor(const Tensor& value, const Tensor& grad, const char* name) {
+    char a[64], b[64];
+    if (!value.data) return fail(errorf("tape: wrap_tensor \"%s\": the value has no data", name));
+    if (grad.data && grad.numel() != value.numel())
+        return fail(errorf("tape: wrap_tensor \"%s\": gradient %s does not match value %s", name,
+                           shape_str(grad.shape, a, sizeof a), shape_str(value.shape, b, sizeof b)));
+    if (!tape_shape_ok(value.shape))
+        return fail(errorf("tape: wrap_tensor \"%s\": shape %s is not 1 to %d positive dimensions", name,
+                           shape_str(value.shape, a, sizeof a), kMaxDims));
+    if (!arena.base)
+        return fail(errorf("tape: wrap_tensor \"%s\": the tape has no memory; call reserve(bytes) first", name));
+    if (!error.ok()) return Var{};
+    Status st;
+    void* mem = arena.alloc(sizeof(VarData), &st, name);
+    if (!mem) return fail(errorf("tape: wrap_tensor \"%s\": %s", name, st.message()));
+    VarData* v = new (mem) VarData();
+    v->value = value;
+    v->grad = grad.data ? tensor_view(grad.data, value.shape) : Tensor{};
+    v->tape = this;
+    v->name = name;
+    v->leaf = true;
+    v->requires_grad = grad.data != nullptr;
+    return Var{v};
+}
+
+Var Tape::layer_param(Layer& L, int i) {
+    if (!L.built) return fail(errorf("tape: layer_param: layer \"%s\" is not built", L.name));
+    if (i < 0 || i >= L.n_params)
+        return fail(errorf("tape: layer_param: layer \"%s\" has %d parameters, asked for %d", L.name, L.n_params, i));
+    Var v = wrap_tensor(L.params[i], L.buffer[i] ? Tensor{} : L.grads[i], L.param_name[i]);
+    if (v.p && L.frozen) v.p->requires_grad = false;
+    return v;
+}
+
+// --- Recording ------------------------------------------------------------------
+
+// The output Var of operation `op` over inputs in[0..n), with a node on the
+// tape when gradients are on and some input wants one. Returns null (and
+// records the error) when an input is empty or the arena is full.
+static VarData* tape_begin(TapeOp op, const VarData* const* in, int n, const Shape& s) {
+    Tape& t = *in[0]->tape;
+    bool wants = false;
+    for (int i = 0; i < n; ++i) wants = wants || in[i]->requires_grad;
+    wants = wants && t.grad_enabled;
+    VarData* out = tape_new_var(t, s, tape_op_name(op));
+    if (!out) return nullptr;
+    if (!wants) return out;
+    Status st;
+    void* mem = t.arena.alloc(sizeof(TapeNode), &st, "tape node");
+    VarData** ins = mem ? static_cast<VarData**>(t.arena.alloc(sizeof(VarData*) * (size_t)n, &st, "tape node")) : nullptr;
+    if (!ins) {
+        t.fail(errorf("tape: %s: %s", tape_op_name(op), st.message()));
+        return nullptr;
+    }
+    TapeNode* node = new (mem) TapeNode();
+    node->op = op;
+    for (int i = 0; i < n; ++i) ins[i] = const_cast<VarData*>(in[i]);
+    node->in = ins;
+    node->n_in = n;
+    node->out = out;
+    node->prev = t.last;
+    t.last = node;
+    ++t.nodes;
+    out->node = node;
+    out->requires_grad = true;
+    return out;
+}
+
+// All inputs present and on one tape, no earlier error: the tape; else null.
+static Tape* tape_of(const char* op, std::initializer_list<const Var*> vars) {
+    Tape* t = nullptr;
+    for (const Var* v : vars) {
+        if (!v->p) return nullptr;  // an earlier failure, already recorded
+        if (t && v->p->tape != t) {
+            t->fail(errorf("tape: %s: operands \"%s\" and \"%s\" live on different tapes", op,
+                           (*vars.begin())->p->name, v->p->name));
+            return nullptr;
+        }
+        t = v->p->tape;
+    }
+    return t && t->error.ok() ? t : nullptr;
+}
+
+static int norm_axis(int axis, int ndim) { return axis < 0 ? axis + ndim : axis; }
+
+// A shape's dimensions right-aligned in a box of 4 (leading 1s).
+static void pad4(const Shape& s, int n[4]) {
+    for (int d = 0; d < 4; ++d) n[d] = 1;
+    for (int k = 0; k < s.ndim; ++k) n[4 - s.ndim + k] = s.dim[k];
+}
+
+// --- Binary operations with broadcasting ----------------------------------------
+
+static bool broadcast_shapes(const Shape& a, const Shape& b, Shape* out) {
+    const int nd = a.ndim > b.ndim ? a.ndim : b.ndim;
+    int na[4], nb[4];
+    pad4(a, na);
+    pad4(b, nb);
+    out->ndim = nd;
+    for (int k = 0; k < nd; ++k) {
+        const int d = 4 - nd + k;
+        if (na[d] != nb[d] && na[d] != 1 && nb[d] != 1) return false;
+        out->dim[k] = na[d] > nb[d] ? na[d] : nb[d];
+    }
+    return true;
+}
+
+// Strides of operand s inside the broadcast box: 0 along its size-1 dimensions.
+static void broadcast_strides(const Shape& s, ptrdiff_t st[4]) {
+    int n[4];
+    pad4(s, n);
+    strided_contiguous(st, n, true);
+}
+
+// The box of a binary operation: one long row when no operand broadcasts.
+static void binary_box(const Shape& a, const Shape& b, const Shape& y, int box[4], ptrdiff_t sa[4],
+                       ptrdiff_t sb[4]) {
+    if (a == b) {
+        box[0] = box[1] = box[2] = 1;
+        box[3] = (int)y.numel();
+        for (int d = 0; d < 4; ++d) sa[d] = sb[d] = d == 3 ? 1 : 0;
+        return;
+    }
+    pad4(y, box);
+    broadcast_strides(a, sa);
+    broadcast_strides(b, sb);
+}
+
+static Var binary_op(TapeOp op, const Var& a, const Var& b) {
+    Tape* t = tape_of(tape_op_name(op), {&a, &b});
+    if (!t) return Var{};
+    Shape ys;
+    char sa_buf[64], sb_buf[64];
+    if (!broadcast_shapes(a.shape(), b.shape(), &ys))
+        return t->fail(errorf("tape: %s: shapes %s (\"%s\") and %s (\"%s\") do not broadcast", tape_op_name(op),
+                              shape_str(a.shape(), sa_buf, sizeof sa_buf), a.p->name,
+                              shape_str(b.shape(), sb_buf, sizeof sb_buf), b.p->name));
+    const VarData* in[2] = {a.p, b.p};
+    VarData* y = tape_begin(op, in, 2, ys);
+    if (!y) return Var{};
+    int box[4];
+    ptrdiff_t sa[4], sb[4];
+    binary_box(a.shape(), b.shape(), ys, box, sa, sb);
+    const float *pa = a.p->value.data, *pb = b.p->value.data;
+    float* py = y->value.data;
+    switch (op) {
+        case TapeOp::Add: broadcast_binary(py, pa, sa, pb, sb, box, [](float u, float v) { return u + v; }); break;
+        case TapeOp::Sub: broadcast_binary(py, pa, sa, pb, sb, box, [](float u, float v) { return u - v; }); break;
+        case TapeOp::Mul: broadcast_binary(py, pa, sa, pb, sb, box, [](float u, float v) { return u * v; }); break;
+        case TapeOp::Div: broadcast_binary(py, pa, sa, pb, sb, box, [](float u, float v) { return u / v; }); break;
+        default: NN_ASSERT(false);
+    }
+    return Var{y};
+}
+
+Var add(const Var& a, const Var& b) { return binary_op(TapeOp::Add, a, b); }
+Var sub(const Var& a, const Var& b) { return binary_op(TapeOp::Sub, a, b); }
+Var mul(const Var& a, const Var& b) { return binary_op(TapeOp::Mul, a, b); }
+Var div(const Var& a, const Var& b) { return binary_op(TapeOp::Div, a, b); }
+
+// dL/da and dL/db of a binary operation, each summed back to its operand's shape.
+static void binary_backward(TapeNode& n, const float* gy) {
+    VarData *a = n.in[0], *b = n.in[1];
+    int box[4];
+    ptrdiff_t sa[4], sb[4];
+    binary_box(a->value.shape, b->value.shape, n.out->value.shape, box, sa, sb);
+    const float *pa = a->value.data, *pb = b->value.data;
+    float* ga = a->requires_grad ? a->grad.data : nullptr;
+    float* gb = b->requires_grad ? b->grad.data : nullptr;
+    switch (n.op) {
+        case TapeOp::Add:
+            if (ga) broadcast_binary_grad(ga, sa, gy, pa, sa, pb, sb, box, [](float g, float, float) { return g; });
+            if (gb) broadcast_binary_grad(gb, sb, gy, pa, sa, pb, sb, box, [](float g, float, float) { return g; });
+            break;
+        case TapeOp::Sub:
+            if (ga) broadcast_binary_grad(ga, sa, gy, pa, sa, pb, sb, box, [](float g, float, float) { return g; });
+            if (gb) broadcast_binary_grad(gb, sb, gy, pa, sa, pb, sb, box, [](float g, float, float) { return -g; });
+            break;
+        case TapeOp::Mul:
+            if (ga) broadcast_binary_grad(ga, sa, gy, pa, sa, pb, sb, box, [](float g, float, float v) { return g * v; });
+            if (gb) broadcast_binary_grad(gb, sb, gy, pa, sa, pb, sb, box, [](float g, float u, float) { return g * u; });
+            break;
+        case TapeOp::Div:
+            if (ga) broadcast_binary_grad(ga, sa, gy, pa, sa, pb, sb, box, [](float g, float, float v) { return g / v; });
+            if (gb)
+                broadcast_binary_grad(gb, sb, gy, pa, sa, pb, sb, box,
+                                      [](float g, float u, float v) { return -g * u / (v * v); });
+            break;
+        default: NN_ASSERT(false);
+    }
+}
+
+// --- Elementwise operations -----------------------------------------------------
+
+static Var unary_op(TapeOp op, const Var& a, float f0 = 0.0f, float f1 = 0.0f) {
+    Tape* t = tape_of(tape_op_name(op), {&a});
+    if (!t) return Var{};
+    const VarData* in[1] = {a.p};
+    VarData* y = tape_begin(op, in, 1, a.shape());
+    if (!y) return Var{};
+    if (y->node) y->node->farg[0] = f0, y->node->farg[1] = f1;
+    const size_t n = a.numel();
+    const float* x = a.p->value.data;
+    float* o = y->value.data;
+    switch (op) {
+        case TapeOp::AddScalar: for (size_t i = 0; i < n; ++i) o[i] = x[i] + f0; break;
+        case TapeOp::MulScalar: for (size_t i = 0; i < n; ++i) o[i] = x[i] * f0; break;
+        case TapeOp::Exp: for (size_t i = 0; i < n; ++i) o[i] = std::exp(x[i]); break;
+        case TapeOp::Log: for (size_t i = 0; i < n; ++i) o[i] = std::log(x[i]); break;
+        case TapeOp::Pow:
+            if (f0 == 2.0f) for (size_t i = 0; i < n; ++i) o[i] = x[i] * x[i];
+            else for (size_t i = 0; i < n; ++i) o[i] = std::pow(x[i], f0);
+            break;
+        case TapeOp::Sqrt: for (size_t i = 0; i < n; ++i) o[i] = std::sqrt(x[i]); break;
+        case TapeOp::Abs: for (size_t i = 0; i < n; ++i) o[i] = std::fabs(x[i]); break;
+        case TapeOp::Clamp:
+            for (size_t i = 0; i < n; ++i) o[i] = x[i] < f0 ? f0 : (x[i] > f1 ? f1 : x[i]);
+            break;
+        case TapeOp::LeakyReLU: leaky_relu_forward(o, x, f0, n); break;
+        case TapeOp::Sigmoid: sigmoid_forward(o, x, n); break;
+        case TapeOp::Tanh: tanh_forward(o, x, n); break;
+        default: NN_ASSERT(false);
+    }
+    return Var{y};
+}
+
+Var add(const Var& a, float s) { return unary_op(TapeOp::AddScalar, a, s); }
+Var mul(const Var& a, float s) { return unary_op(TapeOp::MulScalar, a, s); }
+Var neg(const Var& a) { return unary_op(TapeOp::MulScalar, a, -1.0f); }
+Var exp(const Var& a) { return unary_op(TapeOp::Exp, a); }
+Var log(const Var& a) { return unary_op(TapeOp::Log, a); }
+Var pow(const Var& a, float exponent) { return unary_op(TapeOp::Pow, a, exponent); }
+Var square(const Var& a) { return unary_op(TapeOp::Pow, a, 2.0f); }
+Var sqrt(const Var& a) { return unary_op(TapeOp::Sqrt, a); }
+Var abs(const Var& a) { return unary_op(TapeOp::Abs, a); }
+Var relu(const Var& a) { return unary_op(TapeOp::LeakyReLU, a, 0.0f); }
+Var leaky_relu(const Var& a, float negative_slope) { return unary_op(TapeOp::LeakyReLU, a, negative_slope); }
+Var sigmoid(const Var& a) { return unary_op(TapeOp::Sigmoid, a); }
+Var tanh(const Var& a) { return unary_op(TapeOp::Tanh, a); }
+Var clamp(const Var& a, float lo, float hi) {
+    if (!(lo <= hi)) {
+        Tape* t = tape_of("clamp", {&a});
+        return t ? t->fail(errorf("tape: clamp: lo %g is above hi %g", (double)lo, (double)hi)) : Var{};
+    }
+    return unary_op(TapeOp::Clamp, a, lo, hi);
+}
+
+static void unary_backward(TapeNode& n, const float* gy) {
+    VarData* a = n.in[0];
+    if (!a->requires_grad) return;
+    float* g = a->grad.data;
+    const float* x = a->value.data;
+    const float* y = n.out->value.data;
+    const size_t len = a->value.numel();
+    const float f0 = n.farg[0], f1 = n.farg[1];
+    switch (n.op) {
+        case TapeOp::AddScalar: for (size_t i = 0; i < len; ++i) g[i] += gy[i]; break;
+        case TapeOp::MulScalar: for (size_t i = 0; i < len; ++i) g[i] += f0 * gy[i]; break;
+        case TapeOp::Exp: for (size_t i = 0; i < len; ++i) g[i] += gy[i] * y[i]; break;
+        case TapeOp::Log: for (size_t i = 0; i < len; ++i) g[i] += gy[i] / x[i]; break;
+        case TapeOp::Pow:
+            if (f0 == 2.0f) for (size_t i = 0; i < len; ++i) g[i] += 2.0f * x[i] * gy[i];
+            else for (size_t i = 0; i < len; ++i) g[i] += gy[i] * f0 * std::pow(x[i], f0 - 1.0f);
+            break;
+        case TapeOp::Sqrt: for (size_t i = 0; i < len; ++i) g[i] += gy[i] * 0.5f / y[i]; break;
+        case TapeOp::Abs:
+            for (size_t i = 0; i < len; ++i) g[i] += x[i] > 0.0f ? gy[i] : (x[i] < 0.0f ? -gy[i] : 0.0f);
+            break;
+        case TapeOp::Clamp:
+            for (size_t i = 0; i < len; ++i) g[i] += x[i] >= f0 && x[i] <= f1 ? gy[i] : 0.0f;
+            break;
+        case TapeOp::LeakyReLU:  // by the input's sign, as PyTorch (relu'(0) = 0)
+            for (size_t i = 0; i < len; ++i) g[i] += x[i] > 0.0f ? gy[i] : f0 * gy[i];
+            break;
+        case TapeOp::Sigmoid: for (size_t i = 0; i < len; ++i) g[i] += gy[i] * y[i] * (1.0f - y[i]); break;
+        case TapeOp::Tanh: for (size_t i = 0; i < len; ++i) g[i] += gy[i] * (1.0f - y[i] * y[i]); break;
+        default: NN_ASSERT(false);
+    }
+}
+
+// --- Softmax along an axis ------------------------------------------------------
+
+// The axis as (outer, len, inner): element (o, k, i) sits at (o len + k) inner + i.
+static void axis_split(const Shape& s, int axis, size_t* outer, size_t* len, size_t* inner) {
+    *outer = *inner = 1;
+    for (int d = 0; d < axis; ++d) *outer *= (size_t)s.dim[d];
+    *len = (size_t)s.dim[axis];
+    for (int d = axis + 1; d < s.ndim; ++d) *inner *= (size_t)s.dim[d];
+}
+
+static Var softmax_op(TapeOp op, const Var& a, int axis) {
+    Tape* t = tape_of(tape_op_name(op), {&a});
+    if (!t) return Var{};
+    char buf[64];
+    const int ax = norm_axis(axis, a.shape().ndim);
+    if (ax < 0 || ax >= a.shape().ndim)
+        return t->fail(errorf("tape: %s: axis %d is outside %s", tape_op_name(op), axis,
+                              shape_str(a.shape(), buf, sizeof buf)));
+    const VarData* in[1] = {a.p};
+    VarData* y = tape_begin(op, in, 1, a.shape());
+    if (!y) return Var{};
+    if (y->node) y->node->iarg[0] = ax;
+    size_t outer, len, inner;
+    axis_split(a.shape(), ax, &outer, &len, &inner);
+    const float* x = a.p->value.data;
+    float* o = y->value.data;
+    if (op == TapeOp::Softmax && inner == 1) {  // rows: the vectorised kernel
+        softmax_forward(o, x, outer, len);
+        return Var{y};
+    }
+    for (size_t p = 0; p < outer; ++p)
+        for (size_t i = 0; i < inner; ++i) {
+            const float* xr = x + p * len * inner + i;
+            float* yr = o + p * len * inner + i;
+            float m = xr[0];
+            for (size_t k = 1; k < len; ++k) m = xr[k * inner] > m ? xr[k * inner] : m;
+            double s = 0.0;
+            for (size_t k = 0; k < len; ++k) s += std::exp((double)(xr[k * inner] - m));
+            if (op == TapeOp::Softmax) {
+                const double inv = 1.0 / s;
+                for (size_t k = 0; k < len; ++k) yr[k * inner] = (float)(std::exp((double)(xr[k * inner] - m)) * inv);
+            } else {
+                const float lse = m + (float)std::log(s);
+                for (size_t k = 0; k < len; ++k) yr[k * inner] = xr[k * inner] - lse;
+            }
+        }
+    return Var{y};
+}
+
+Var softmax(const Var& a, int axis) { return softmax_op(TapeOp::Softmax, a, axis); }
+Var log_softmax(const Var& a, int axis) { return softmax_op(TapeOp::LogSoftmax, a, axis); }
+
+// softmax:     dx_k += y_k (dy_k - sum_j dy_j y_j)
+// log_softmax: dx_k += dy_k - exp(y_k) sum_j dy_j
+static void softmax_op_backward(TapeNode& n, const float* gy) {
+    VarData* a = n.in[0];
+    if (!a->requires_grad) return;
+    size_t outer, len, inner;
+    axis_split(a->value.shape, n.iarg[0], &outer, &len, &inner);
+    float* g = a->grad.data;
+    const float* y = n.out->value.data;
+    for (size_t p = 0; p < outer; ++p)
+        for (size_t i = 0; i < inner; ++i) {
+            const size_t base = p * len * inner + i;
+            double s = 0.0;
+            if (n.op == TapeOp::Softmax) {
+                for (size_t k = 0; k < len; ++k) s += (double)gy[base + k * inner] * y[base + k * inner];
+                for (size_t k = 0; k < len; ++k) {
+                    const size_t e = base + k * inner;
+                    g[e] += y[e] * (gy[e] - (float)s);
+                }
+            } else {
+                for (size_t k = 0; k < len; ++k) s += gy[base + k * inner];
+                for (size_t k = 0; k < len; ++k) {
+                    const size_t e = base + k * inner;
+                    g[e] += gy[e] - std::exp(y[e]) * (float)s;
+                }
+            }
+        }
+}
+
+// --- Shape operations -------------------------------------------------------------
+
+Var reshape(const Var& a, const Shape& s0) {
+    Tape* t = tape_of("reshape", {&a});
+    if (!t) return Var{};
+    char b1[64], b2[64];
+    Shape s = s0;
+    int infer = -1;
+    size_t known = 1;
+    for (int d = 0; d < s.ndim; ++d) {
+        if (s.dim[d] == -1 && infer < 0) infer = d;
+        else if (s.dim[d] < 1)
+            return t->fail(errorf("tape: reshape: %s to %s: dimension %d is %d", shape_str(a.shape(), b1, sizeof b1),
+                                  shape_str(s0, b2, sizeof b2), d, s.dim[d]));
+        else known *= (size_t)s.dim[d];
+    }
+    if (s.ndim < 1 || s.ndim > kMaxDims)
+        return t->fail(errorf("tape: reshape: %s to %d dimensions (1 to %d)", shape_str(a.shape(), b1, sizeof b1),
+                              s.ndim, kMaxDims));
+    if (infer >= 0 && known > 0 && a.numel() % known == 0) s.dim[infer] = (int)(a.numel() / known);
+    if (s.numel() != a.numel() || (infer >= 0 && a.numel() % known != 0))
+        return t->fail(errorf("tape: reshape: %s (%zu elements) cannot become %s", shape_str(a.shape(), b1, sizeof b1),
+                              a.numel(), shape_str(s0, b2, sizeof b2)));
+    // The value is a view of the input's: no copy.
+    Status st;
+    void* mem = t->arena.alloc(sizeof(VarData), &st, "reshape");
+    if (!mem) return t->fail(errorf("tape: reshape: %s", st.message()));
+    VarData* y = new (mem) VarData();
+    y->value = tensor_view(a.p->value.data, s);
+    y->tape = t;
+    y->name = "reshape";
+    if (a.p->requires_grad && t->grad_enabled) {
+        void* nm = t->arena.alloc(sizeof(TapeNode), &st, "tape node");
+        VarData** ins = nm ? static_cast<VarData**>(t->arena.alloc(sizeof(VarData*), &st, "tape node")) : nullptr;
+        if (!ins) return t->fail(errorf("tape: reshape: %s", st.message()));
+        TapeNode* node = new (nm) TapeNode();
+        node->op = TapeOp::Reshape;
+        ins[0] = a.p;
+        node->in = ins;
+        node->n_in = 1;
+        node->out = y;
+        node->prev = t->last;
+        t->last = node;
+        ++t->nodes;
+        y->node = node;
+        y->requires_grad = true;
+    }
+    return Var{y};
+}
+
+Var reshape(const Var& a, std::initializer_list<int> dims) {
+    Shape s;
+    s.ndim = (int)dims.size();
+    if (dims.size() > (size_t)kMaxDims) s.ndim = kMaxDims + 1;  // reported by the checks
+    int k = 0;
+    for (int d : dims)
+        if (k < kMaxDims) s.dim[k++] = d;
+    return reshape(a, s);
+}
+
+Var transpose(const Var& a, int dim0, int dim1) {
+    Tape* t = tape_of("transpose", {&a});
+    if (!t) return Var{};
+    char buf[64];
+    const int nd = a.shape().ndim;
+    const int d0 = norm_axis(dim0, nd), d1 = norm_axis(dim1, nd);
+    if (d0 < 0 || d0 >= nd || d1 < 0 || d1 >= nd)
+        return t->fail(errorf("tape: transpose: dimensions %d and %d of %s", dim0, dim1,
+                              shape_str(a.shape(), buf, sizeof buf)));
+    Shape ys = a.shape();
+    ys.dim[d0] = a.shape().dim[d1];
+    ys.dim[d1] = a.shape().dim[d0];
+    const VarData* in[1] = {a.p};
+    VarData* y = tape_begin(TapeOp::Transpose, in, 1, ys);
+    if (!y) return Var{};
+    if (y->node) y->node->iarg[0] = d0, y->node->iarg[1] = d1;
+    // Walk y in order; read x through its strides with the two swapped.
+    int nx[4], ny[4];
+    ptrdiff_t sx[4], sy[4];
+    pad4(a.shape(), nx);
+    pad4(ys, ny);
+    strided_contiguous(sx, nx, false);
+    strided_contiguous(sy, ny, false);
+    const int p0 = 4 - nd + d0, p1 = 4 - nd + d1;
+    const ptrdiff_t tmp = sx[p0];
+    sx[p0] = sx[p1];
+    sx[p1] = tmp;
+    strided_copy(y->value.data, sy, a.p->value.data, sx, ny, 1.0f, false);
+    return Var{y};
+}
+
+static void transpose_backward(TapeNode& n, const float* gy) {
+    VarData* a = n.in[0];
+    if (!a->requires_grad) return;
+    const int nd = a->value.shape.ndim;
+    int nx[4], ny[4];
+    ptrdiff_t sx[4], sy[4];
+    pad4(a->value.shape, nx);
+    pad4(n.out->value.shape, ny);
+    strided_contiguous(sx, nx, false);
+    strided_contiguous(sy, ny, false);
+    const int p0 = 4 - nd + n.iarg[0], p1 = 4 - nd + n.iarg[1];
+    const ptrdiff_t tmp = sx[p0];
+    sx[p0] = sx[p1];
+    sx[p1] = tmp;
+    strided_copy(a->grad.data, sx, gy, sy, ny, 1.0f, true);
+}
+
+Var slice(const Var& a, int axis, int begin, int end) {
+    Tape* t = tape_of("slice", {&a});
+    if (!t) return Var{};
+    char buf[64];
+    const int nd = a.shape().ndim, ax = norm_axis(axis, nd);
+    if (ax < 0 || ax >= nd)
+        return t->fail(errorf("tape: slice: axis %d is outside %s", axis, shape_str(a.shape(), buf, sizeof buf)));
+    const int len = a.shape().dim[ax];
+    if (begin < 0 || end > len || begin >= end)
+        return t->fail(errorf("tape: slice: [%d, %d) of axis %d of %s (length %d) is empty or out of range", begin,
+                              end, axis, shape_str(a.shape(), buf, sizeof buf), len));
+    Shape ys = a.shape();
+    ys.dim[ax] = end - begin;
+    const VarData* in[1] = {a.p};
+    VarData* y = tape_begin(TapeOp::Slice, in, 1, ys);
+    if (!y) return Var{};
+    if (y->node) y->node->iarg[0] = ax, y->node->iarg[1] = begin;
+    int nx[4], ny[4];
+    ptrdiff_t sx[4], sy[4];
+    pad4(a.shape(), nx);
+    pad4(ys, ny);
+    strided_contiguous(sx, nx, false);
+    strided_contiguous(sy, ny, false);
+    strided_copy(y->value.data, sy, a.p->value.data + (ptrdiff_t)begin * sx[4 - nd + ax], sx, ny, 1.0f, false);
+    return Var{y};
+}
+
+static void slice_backward(TapeNode& n, const float* gy) {
+    VarData* a = n.in[0];
+    if (!a->requires_grad) return;
+    const int nd = a->value.shape.ndim;
+    int nx[4], ny[4];
+    ptrdiff_t sx[4], sy[4];
+    pad4(a->value.shape, nx);
+    pad4(n.out->value.shape, ny);
+    strided_contiguous(sx, nx, false);
+    strided_contiguous(sy, ny, false);
+    strided_copy(a->grad.data + (ptrdiff_t)n.iarg[1] * sx[4 - nd + n.iarg[0]], sx, gy, sy, ny, 1.0f, true);
+}
+
+Var concat(const Var* parts, int n, int axis) {
+    if (n < 1 || !parts) return Var{};
+    Tape* t = nullptr;
+    for (int i = 0; i < n; ++i) {
+        if (!parts[i].p) return Var{};
+        if (t && parts[i].p->tape != t)
+            return t->fail(errorf("tape: concat: part %d lives on another tape", i));
+        t = parts[i].p->tape;
+    }
+    if (!t->error.ok()) return Var{};
+    char b1[64], b2[64];
+    const Shape& s0 = parts[0].shape();
+    const int nd = s0.ndim, ax = norm_axis(axis, nd);
+    if (ax < 0 || ax >= nd) return t->fail(errorf("tape: concat: axis %d is outside %s", axis, shape_str(s0, b1, sizeof b1)));
+    Shape ys = s0;
+    ys.dim[ax] = 0;
+    for (int i = 0; i < n; ++i) {
+        const Shape& s = parts[i].shape();
+        bool same = s.ndim == nd;
+        for (int d = 0; same && d < nd; ++d) same = d == ax || s.dim[d] == s0.dim[d];
+        if (!same)
+            return t->fail(errorf("tape: concat: part %d is %s, part 0 is %s; only axis %d may differ", i,
+                                  shape_str(s, b1, sizeof b1), shape_str(s0, b2, sizeof b2), ax));
+        ys.dim[ax] += s.dim[ax];
+    }
+    const VarData* ins[16];
+    const VarData** in = ins;
+    if (n > 16) {  // a long list: its pointer array from the arena
+        Status st;
+        in = static_cast<const VarData**>(t->arena.alloc(sizeof(VarData*) * (size_t)n, &st, "concat"));
+        if (!in) return t->fail(errorf("tape: concat: %s", st.message()));
+    }
+    for (int i = 0; i < n; ++i) in[i] = parts[i].p;
+    VarData* y = tape_begin(TapeOp::Concat, in, n, ys);
+    if (!y) return Var{};
+    if (y->node) y->node->iarg[0] = ax;
+    int ny[4];
+    ptrdiff_t sy[4];
+    pad4(ys, ny);
+    strided_contiguous(sy, ny, false);
+    ptrdiff_t off = 0;
+    for (int i = 0; i < n; ++i) {
+        int np[4];
+        ptrdiff_t sp[4];
+        pad4(parts[i].shape(), np);
+        strided_contiguous(sp, np, false);
+        strided_copy(y->value.data + off * sy[4 - nd + ax], sy, parts[i].p->value.data, sp, np, 1.0f, false);
+        off += parts[i].shape().dim[ax];
+    }
+    return Var{y};
+}
+
+Var concat(std::initializer_list<Var> parts, int axis) { return concat(parts.begin(), (int)parts.size(), axis); }
+
+static void concat_backward(TapeNode& n, const float* gy) {
+    const Shape& ys = n.out->value.shape;
+    const int nd = ys.ndim, ax = n.iarg[0];
+    int ny[4];
+    ptrdiff_t sy[4];
+    pad4(ys, ny);
+    strided_contiguous(sy, ny, false);
+    ptrdiff_t off = 0;
+    for (int i = 0; i < n.n_in; ++i) {
+        VarData* p = n.in[i];
+        if (p->requires_grad) {
+            int np[4];
+            ptrdiff_t sp[4];
+            pad4(p->value.shape, np);
+            strided_contiguous(sp, np, false);
+            strided_copy(p->grad.data, sp, gy + off * sy[4 - nd + ax], sy, np, 1.0f, true);
+        }
+        off += p->value.shape.dim[ax];
+    }
+}
+
+// --- Reductions -----------------------------------------------------------------
+
+// sum and mean: iarg[0] is the mask of reduced axes, farg[0] the scale
+// (1, or 1/count for the mean); the kept shape has 1s on reduced axes.
+static Var reduce_op(const Var& a, std::initializer_list<int> axes, bool keepdims, bool is_mean) {
+    const char* name = is_mean ? "mean" : "sum";
+    Tape* t = tape_of(name, {&a});
+    if (!t) return Var{};
+    char buf[64];
+    const Shape& xs = a.shape();
+    const int nd = xs.ndim;
+    int mask = 0;
+    for (int ax : axes) {
+        const int d = norm_axis(ax, nd);
+        if (d < 0 || d >= nd)
+            return t->fail(errorf("tape: %s: axis %d is outside %s", name, ax, shape_str(xs, buf, sizeof buf)));
+        mask |= 1 << d;
+    }
+    if (axes.size() == 0) mask = (1 << nd) - 1;
+    Shape ys;
+    size_t count = 1;
+    for (int d = 0; d < nd; ++d) {
+        const bool r = (mask >> d) & 1;
+        if (r) count *= (size_t)xs.dim[d];
+        if (!r) ys.dim[ys.ndim++] = xs.dim[d];
+        else if (keepdims) ys.dim[ys.ndim++] = 1;
+    }
+    if (ys.ndim == 0) ys = make_shape({1});
+    const VarData* in[1] = {a.p};
+    VarData* y = tape_begin(TapeOp::Sum, in, 1, ys);
+    if (!y) return Var{};
+    const float scale = is_mean ? (float)(1.0 / (double)count) : 1.0f;
+    if (y->node) y->node->iarg[0] = mask, y->node->farg[0] = scale;
+    // Walk x; y's strides are 0 along the reduced axes, so elements add up.
+    Shape keep = xs;
+    for (int d = 0; d < nd; ++d)
+        if ((mask >> d) & 1) keep.dim[d] = 1;
+    int nx[4], nk[4];
+    ptrdiff_t sx[4], sk[4];
+    pad4(xs, nx);
+    pad4(keep, nk);
+    strided_contiguous(sx, nx, false);
+    strided_contiguous(sk, nk, true);
+    std::memset(y->value.data, 0, ys.numel() * sizeof(float));
+    strided_copy(y->value.data, sk, a.p->value.data, sx, nx, scale, true);
+    return Var{y};
+}
+
+Var sum(const Var& a, std::initializer_list<int> axes, bool keepdims) { return reduce_op(a, axes, keepdims, false); }
+Var mean(const Var& a, std::initializer_list<int> axes, bool keepdims) { return reduce_op(a, axes, keepdims, true); }
+
+static void reduce_backward(TapeNode& n, const float* gy) {
+    VarData* a = n.in[0];
+    if (!a->requires_grad) return;
+    const Shape& xs = a->value.shape;
+    Shape keep = xs;
+    for (int d = 0; d < xs.ndim; ++d)
+        if ((n.iarg[0] >> d) & 1) keep.dim[d] = 1;
+    int nx[4], nk[4];
+    ptrdiff_t sx[4], sk[4];
+    pad4(xs, nx);
+    pad4(keep, nk);
+    strided_contiguous(sx, nx, false);
+    strided_contiguous(sk, nk, true);
+    strided_copy(a->grad.data, sx, gy, sk, nx, n.farg[0], true);
+}
+
+// --- GEMM operations ----------------------------------------------------------------
+
+// Packing scratch for the GEMMs of one operation (forward and backward
+// shapes, up to three {M, N, K}; M = 0 skips one), shared by the whole
+// graph: carved, once for the largest, when an operation first needs more
+// than the graph has. That happens in forward, so backward never allocates.
+static bool tape_reserve_pack(Tape& t, const int (*mnk)[3], int count) {
+    size_t need = 0;
+    for (int i = 0; i < count; ++i) {
+        const size_t f = mnk[i][0] > 0 ? gemm_pack_floats(mnk[i][0], mnk[i][1], mnk[i][2]) : 0;
+        need = f > need ? f : need;
+    }
+    const int slots = num_threads();
+    if (t.pack && need <= t.pack_floats && slots <= t.pack_slots) return true;
+    const size_t per = need > t.pack_floats ? need : t.pack_floats;
+    size_t total;
+    if (!size_mul(per, (size_t)slots, &total)) {
+        t.fail(errorf("tape: GEMM scratch of %zu x %d floats overflows", per, slots));
+        return false;
+    }
+    float* p = tape_floats(t, total, "GEMM packing scratch");
+    if (!p) return false;
+    t.pack = p;
+    t.pack_floats = per;
+    t.pack_slots = slots;
+    return true;
+}
+
+// C := alpha op(A) op(B) + beta C (+ epilogue), on the tape's scratch and threads.
+static void tape_gemm(Tape& t, GemmJob j) {
+    j.pack = t.pack;
+    j.pack_stride = t.pack_floats;
+    const int most = num_threads() < t.pack_slots ? num_threads() : t.pack_slots;
+    const int nth = gemm_useful_threads(j.M, j.N, j.K, most);
+    NN_ASSERT(gemm_pack_floats(j.M, j.N, j.K) <= t.pack_floats);
+    if (nth <= 1)
+        gemm_f32_fused(j.C, j.ldc, j.A, j.lda, j.trans_a, j.B, j.ldb, j.trans_b, j.ep, j.alpha, j.beta, j.pack,
+                       j.M, j.N, j.K);
+    else
+        parallel_for(nth, gemm_job_part, &j);
+}
+
+// matmul: iarg = {M, N, K, wanted}; a is (M, K), b is (K, N) once vectors are
+// promoted (a row vector on the left, a column vector on the right).
+Var matmul(const Var& a, const Var& b) {
+    Tape* t = tape_of("matmul", {&a, &b});
+    if (!t) return Var{};
+    char b1[64], b2[64];
+    const Shape &as = a.shape(), &bs = b.shape();
+    if (as.ndim > 2 || bs.ndim > 2)
+        return t->fail(errorf("tape: matmul: %s x %s: operands must be 1-D or 2-D", shape_str(as, b1, sizeof b1),
+                              shape_str(bs, b2, sizeof b2)));
+    const int M = as.ndim == 2 ? as.dim[0] : 1, K = as.ndim == 2 ? as.dim[1] : as.dim[0];
+    const int Kb = bs.dim[0], N = bs.ndim == 2 ? bs.dim[1] : 1;
+    if (K != Kb)
+        return t->fail(errorf("tape: matmul: %s (\"%s\") x %s (\"%s\"): inner dimensions %d and %d differ",
+                              shape_str(as, b1, sizeof b1), a.p->name, shape_str(bs, b2, sizeof b2), b.p->name, K, Kb));
+    Shape ys;
+    if (as.ndim == 2 && bs.ndim == 2) ys = make_shape({M, N});
+    else if (as.ndim == 2) ys = make_shape({M});
+    else if (bs.ndim == 2) ys = make_shape({N});
+    else ys = make_shape({1});
+    const VarData* in[2] = {a.p, b.p};
+    VarData* y = tape_begin(TapeOp::MatMul, in, 2, ys);
+    if (!y) return Var{};
+    const bool back = y->node != nullptr;
+    const int shapes[3][3] = {{M, N, K},
+                              {back && a.p->requires_grad ? M : 0, K, N},   // dA = dC B^T
+                              {back && b.p->requires_grad ? K : 0, N, M}};  // dB = A^T dC
+    if (!tape_reserve_pack(*t, shapes, 3)) return Var{};
+    if (back) {  // iarg[3]: which operands wanted a gradient (and scratch) here
+        y->node->iarg[0] = M, y->node->iarg[1] = N, y->node->iarg[2] = K;
+        y->node->iarg[3] = (a.p->requires_grad ? 1 : 0) | (b.p->requires_grad ? 2 : 0);
+    }
+    GemmJob j{};
+    j.C = y->value.data, j.ldc = N;
+    j.A = a.p->value.data, j.lda = K;
+    j.B = b.p->value.data, j.ldb = N;
+    j.M = M, j.N = N, j.K = K;
+    j.alpha = 1.0f, j.beta = 0.0f;
+    tape_gemm(*t, j);
+    return Var{y};
+}
+
+// dA += dC B^T, dB += A^T dC.
+static void matmul_backward(Tape& t, TapeNode& n, const float* gy) {
+    VarData *a = n.in[0], *b = n.in[1];
+    const int M = n.iarg[0], N = n.iarg[1], K = n.iarg[2];
+    if (a->requires_grad && (n.iarg[3] & 1)) {
+        GemmJob j{};
+        j.C = a->grad.data, j.ldc = K;
+        j.A = gy, j.lda = N;
+        j.B = b->value.data, j.ldb = N, j.trans_b = true;
+        j.M = M, j.N = K, j.K = N;
+        j.alpha = 1.0f, j.beta = 1.0f;
+        tape_gemm(t, j);
+    }
+    if (b->requires_grad && (n.iarg[3] & 2)) {
+        GemmJob j{};
+        j.C = b->grad.data, j.ldc = N;
+        j.A = a->value.data, j.lda = K, j.trans_a = true;
+        j.B = gy, j.ldb = N;
+        j.M = K, j.N = N, j.K = M;
+        j.alpha = 1.0f, j.beta = 1.0f;
+        tape_gemm(t, j);
+    }
+}
+
+// dense: y = act(x W^T + b) in one fused GEMM. iarg = {B, in, out, wanted}; saved is
+// (B, out) room for the gradient before the activation.
+Var dense(const Var& x, const Var& W, const Var& b, Act act) {
+    const bool has_b = b.p != nullptr;
+    Tape* t = has_b ? tape_of("dense", {&x, &W, &b}) : tape_of("dense", {&x, &W});
+    if (!t) return Var{};
+    char b1[64], b2[64], b3[64];
+    const Shape &xs = x.shape(), &ws = W.shape();
+    if (xs.ndim != 2 || ws.ndim != 2 || xs.dim[1] != ws.dim[1])
+        return t->fail(errorf("tape: dense: input %s (\"%s\") and weight %s (\"%s\"): want (B, in) and (out, in)",
+                              shape_str(xs, b1, sizeof b1), x.p->name, shape_str(ws, b2, sizeof b2), W.p->name));
+    const int B = xs.dim[0], in = xs.dim[1], out = ws.dim[0];
+    if (has_b && (b.shape().ndim != 1 || b.shape().dim[0] != out))
+        return t->fail(errorf("tape: dense: bias %s (\"%s\") does not match weight %s: want (%d,)",
+                              shape_str(b.shape(), b3, sizeof b3), b.p->name, shape_str(ws, b2, sizeof b2), out));
+    const VarData* ins[3] = {x.p, W.p, has_b ? b.p : nullptr};
+    VarData* y = tape_begin(TapeOp::Dense, ins, has_b ? 3 : 2, make_shape({B, out}));
+    if (!y) return Var{};
+    TapeNode* node = y->node;
+    const int shapes[3][3] = {{B, out, in},
+                              {node && W.p->requires_grad ? out : 0, in, B},  // dW = dz^T x
+                              {node && x.p->requires_grad ? B : 0, in, out}};  // dx = dz W
+    if (!tape_reserve_pack(*t, shapes, 3)) return Var{};
+    if (node) {
+        if (act != Act::None && !(node->saved = tape_floats(*t, (size_t)B * (size_t)out, "dense"))) return Var{};
+        node->iarg[0] = B, node->iarg[1] = in, node->iarg[2] = out;
+        node->iarg[3] = (x.p->requires_grad ? 1 : 0) | (W.p->requires_grad ? 2 : 0);
+        node->act = act;
+    }
+    GemmJob j{};
+    j.C = y->value.data, j.ldc = out;
+    j.A = x.p->value.data, j.lda = in;
+    j.B = W.p->value.data, j.ldb = in, j.trans_b = true;
+    j.M = B, j.N = out, j.K = in;
+    j.alpha = 1.0f, j.beta = 0.0f;
+    j.ep.bias = has_b ? b.p->value.data : nullptr;
+    switch (act) {
+        case Act::ReLU: j.ep.relu = true; break;
+        case Act::LeakyReLU: j.ep.relu = true, j.ep.slope = 0.01f; break;
+        case Act::Sigmoid: j.ep.tile_fn = tile_sigmoid; break;
+        case Act::Tanh: j.ep.tile_fn = tile_tanh; break;
+        case Act::None:
+        case Act::Softmax: break;
+    }
+    tape_gemm(*t, j);
+    if (act == Act::Softmax) softmax_forward(y->value.data, y->value.data, (size_t)B, (size_t)out);
+    return Var{y};
+}
+
+static void dense_op_backward(Tape& t, TapeNode& n, const float* gy) {
+    VarData *x = n.in[0], *W = n.in[1], *b = n.n_in > 2 ? n.in[2] : nullptr;
+    const int B = n.iarg[0], in = n.iarg[1], out = n.iarg[2];
+    const size_t len = (size_t)B * (size_t)out;
+    const float* y = n.out->value.data;
+    const float* dz = gy;
+    if (n.act != Act::None) {  // through the activation, by its output
+        switch (n.act) {
+            case Act::ReLU: leaky_relu_backward(n.saved, gy, y, 0.0f, len); break;
+            case Act::LeakyReLU: leaky_relu_backward(n.saved, gy, y, 0.01f, len); break;
+            case Act::Sigmoid: sigmoid_backward(n.saved, gy, y, len); break;
+            case Act::Tanh: tanh_backward(n.saved, gy, y, len); break;
+            case Act::Softmax: softmax_backward(n.saved, gy, y, (size_t)B, (size_t)out); break;
+            case Act::None: break;
+        }
+        dz = n.saved;
+    }
+    // A gradient for an operand that was frozen at forward time (no GEMM
+    // scratch was reserved for it) is not computed.
+    if (W->requires_grad && (n.iarg[3] & 2)) {  // dW += dz^T x
+        GemmJob j{};
+        j.C = W->grad.data, j.ldc = in;
+        j.A = dz, j.lda = out, j.trans_a = true;
+        j.B = x->value.data, j.ldb = in;
+        j.M = out, j.N = in, j.K = B;
+        j.alpha = 1.0f, j.beta = 1.0f;
+        tape_gemm(t, j);
+    }
+    if (b && b->requires_grad) column_sum_accumulate(b->grad.data, dz, (size_t)B, (size_t)out);
+    if (x->requires_grad && (n.iarg[3] & 1)) {  // dx += dz W
+        GemmJob j{};
+        j.C = x->grad.data, j.ldc = in;
+        j.A = dz, j.lda = out;
+        j.B = W->value.data, j.ldb = in;
+        j.M = B, j.N = in, j.K = out;
+        j.alpha = 1.0f, j.beta = 1.0f;
+        tape_gemm(t, j);
+    }
+}
+
+// --- Layers on the tape ---------------------------------------------------------
+
+// Layers whose backward reads state their forward left in the layer.
+static bool layer_keeps_forward_state(const Layer& L, Mode mode) {
+    switch (L.kind) {
+        case LayerKind::Dropout: return mode == Mode::Train && L.rate > 0.0f;
+        case LayerKind::MaxPool2D:
+        case LayerKind::Custom: return true;
+        case LayerKind::BatchNorm: return mode == Mode::Train;
+        default: return false;
+    }
+}
+
+static bool layer_has_trainable(const Layer& L) {
+    if (L.frozen) return false;
+    for (int i = 0; i < L.n_params; ++i)
+        if (!L.buffer[i] && L.grads[i].data) return true;
+    return false;
+}
+
+// apply: saved is room for dx (backward writes it; the tape adds it in).
+Var apply(Layer& L, const Var& x) {
+    Tape* t = tape_of("apply", {&x});
+    if (!t) return Var{};
+    char b1[64], b2[64];
+    if (!L.built) return t->fail(errorf("tape: apply: layer \"%s\" is not built", L.name));
+    const Shape& xs = x.shape();
+    const int B = xs.dim[0];
+    if (B > L.max_batch || batched(L.in_shape, B) != xs)
+        return t->fail(errorf("tape: apply: %s \"%s\" takes (B, %s...) with B <= %d; got %s", L.type_name(), L.name,
+                              shape_str(L.in_shape, b1, sizeof b1), L.max_batch, shape_str(xs, b2, sizeof b2)));
+    const bool stateful = layer_keeps_forward_state(L, t->mode);
+    if (stateful && L.tape_graph == t->graph && t->grad_enabled)
+        return t->fail(errorf("tape: apply: %s \"%s\" is already on this graph and keeps state from its forward "
+                              "pass for backward; build a second layer to use it twice", L.type_name(), L.name));
+    // The layer's parameters want gradients too, not just x.
+    const bool wants = t->grad_enabled && (x.p->requires_grad || layer_has_trainable(L));
+    const bool saved_rg = x.p->requires_grad;
+    if (wants) x.p->requires_grad = true;  // so that tape_begin records a node
+    const VarData* in[1] = {x.p};
+    VarData* y = tape_begin(TapeOp::Apply, in, 1, batched(L.out_shape, B));
+    x.p->requires_grad = saved_rg;
+    if (!y) return Var{};
+    if (y->node) {
+        y->node->layer = &L;
+        if (saved_rg && !(y->node->saved = tape_floats(*t, xs.numel(), "apply"))) return Var{};
+        if (stateful) L.tape_graph = t->graph;
+    }
+    Status st = forward(L, y->value, x.p->value, t->mode);
+    if (!st) return t->fail(st);
+    return Var{y};
+}
+
+static Status apply_backward(TapeNode& n, const float* gy) {
+    VarData* x = n.in[0];
+    Layer& L = *n.layer;
+    Tensor dx = x->requires_grad ? tensor_view(n.saved, x->value.shape) : Tensor{};
+    Status st = backward(L, dx, tensor_view(const_cast<float*>(gy), n.out->value.shape), x->value, n.out->value);
+    if (!st) return st;
+    if (x->requires_grad) {
+        float* g = x->grad.data;
+        const size_t len = x->value.numel();
+        for (size_t i = 0; i < len; ++i) g[i] += n.saved[i];
+    }
+    return Status{};
+}
+
+// --- Losses ---------------------------------------------------------------------
+
+// loss: the kernel computes the loss and dL/dpred together; saved keeps
+// dL/dpred, which backward scales by the upstream gradient.
+static Var loss_op(const Loss& kind, const Var& pred, const Var* target, const int32_t* labels) {
+    Tape* t = target ? tape_of("loss", {&pred, target}) : tape_of("loss", {&pred});
+    if (!t) return Var{};
+    char b1[64], b2[64];
+    const Shape& ps = pred.shape();
+    if (target && target->shape() != ps)
+        return t->fail(errorf("tape: loss %s: target %s (\"%s\") differs from prediction %s (\"%s\")",
+                              loss_name(kind.kind), shape_str(target->shape(), b1, sizeof b1), target->p->name,
+                              shape_str(ps, b2, sizeof b2), pred.p->name));
+    const VarData* in[1] = {pred.p};
+    VarData* y = tape_begin(TapeOp::Loss, in, 1, make_shape({1}));
+    if (!y) return Var{};
+    Target tg;
+    if (target) tg.values = target->p->value.data;
+    if (labels) {  // copied: the caller's array may not outlive the graph
+        Status st;
+        int32_t* copy = static_cast<int32_t*>(t->arena.alloc(sizeof(int32_t) * (size_t)ps.dim[0], &st, "labels"));
+        if (!copy) return t->fail(errorf("tape: loss: %s", st.message()));
+        std::memcpy(copy, labels, sizeof(int32_t) * (size_t)ps.dim[0]);
+        tg.labels = copy;
+    }
+    Tensor dpred;
+    if (y->node) {
+        y->node->loss = kind;
+        float* d = tape_floats(*t, ps.numel(), "loss gradient");
+        if (!d) return Var{};
+        y->node->saved = d;
+        dpred = tensor_view(d, ps);
+    }
+    float value = 0.0f;
+    Status st = loss_forward_backward(kind, dpred, pred.p->value, tg, &value);
+    if (!st) return t->fail(errorf("tape: %s", st.message()));
+    y->value.data[0] = value;
+    return Var{y};
+}
+
+Var loss(const Loss& kind, const Var& pred, const Var& target) { return loss_op(kind, pred, &target, nullptr); }
+
+Var cross_entropy(const Var& logits, const int32_t* labels) {
+    if (!labels) {
+        Tape* t = tape_of("cross_entropy", {&logits});
+        return t ? t->fail(errorf("tape: cross_entropy: labels are null")) : Var{};
+    }
+    return loss_op(CrossEntropy(), logits, nullptr, labels);
+}
+
+// --- Custom operations ------------------------------------------------------------
+
+Var custom(const CustomOp& op, const Var* inputs, int n, void* user) {
+    if (n < 1 || n > kMaxCustomInputs || !inputs) {
+        for (int i = 0; i < n && inputs && i < kMaxCustomInputs; ++i)
+            if (inputs[i].p)
+                return inputs[i].p->tape->fail(errorf("tape: custom op \"%s\": %d inputs (1 to %d)", op.name, n,
+                                                      kMaxCustomInputs));
+        return Var{};
+    }
+    Tape* t = nullptr;
+    for (int i = 0; i < n; ++i) {
+        if (!inputs[i].p) return Var{};
+        t = inputs[i].p->tape;
+    }
+    if (!t->error.ok()) return Var{};
+    if (!op.forward || !op.backward)
+        return t->fail(errorf("tape: custom op \"%s\": forward and backward are both required", op.name));
+    Shape in_shapes[kMaxCustomInputs];
+    Tensor in_values[kMaxCustomInputs];
+    const VarData* in[kMaxCustomInputs];
+    for (int i = 0; i < n; ++i) {
+        in[i] = inputs[i].p;
+        in_shapes[i] = inputs[i].shape();
+        in_values[i] = inputs[i].p->value;
+    }
+    Shape ys = in_shapes[0];
+    if (op.output_shape) {
+        Status st = op.output_shape(in_shapes, n, user, &ys);
+        if (!st) return t->fail(errorf("tape: custom op \"%s\": %s", op.name, st.message()));
+    }
+    VarData* y = tape_begin(TapeOp::Custom, in, n, ys);
+    if (!y) return Var{};
+    y->name = op.name;
+    if (y->node) y->node->custom = &op, y->node->user = user;
+    op.forward(y->value, in_values, n, user);
+    return Var{y};
+}
+
+static void custom_backward(TapeNode& n, const float* gy) {
+    Tensor dx[kMaxCustomInputs], in[kMaxCustomInputs];
+    for (int i = 0; i < n.n_in; ++i) {
+        in[i] = n.in[i]->value;
+        dx[i] = n.in[i]->requires_grad ? n.in[i]->grad : Tensor{};
+        if (!dx[i].data) dx[i].shape = in[i].shape;
+    }
+    n.custom->backward(dx, tensor_view(const_cast<float*>(gy), n.out->value.shape), in, n.n_in, n.out->value,
+                       n.user);
+}
+
+// --- Backward -------------------------------------------------------------------
+
+// One node's contribution to its inputs' gradients (+=).
+static Status node_backward(Tape& t, TapeNode& n) {
+    const float* gy = n.out->grad.data;
+    switch (n.op) {
+        case TapeOp::Add:
+        case TapeOp::Sub:
+        case TapeOp::Mul:
+        case TapeOp::Div: binary_backward(n, gy); break;
+        case TapeOp::AddScalar:
+        case TapeOp::MulScalar:
+        case TapeOp::Exp:
+        case TapeOp::Log:
+        case TapeOp::Pow:
+        case TapeOp::Sqrt:
+        case TapeOp::Abs:
+        case TapeOp::Clamp:
+        case TapeOp::LeakyReLU:
+        case TapeOp::Sigmoid:
+        case TapeOp::Tanh: unary_backward(n, gy); break;
+        case TapeOp::Softmax:
+        case TapeOp::LogSoftmax: softmax_op_backward(n, gy); break;
+        case TapeOp::MatMul: matmul_backward(t, n, gy); break;
+        case TapeOp::Transpose: transpose_backward(n, gy); break;
+        case TapeOp::Reshape:
+            if (n.in[0]->requires_grad) {
+                float* g = n.in[0]->grad.data;
+                const size_t len = n.out->value.numel();
+                for (size_t i = 0; i < len; ++i) g[i] += gy[i];
+            }
+            break;
+        case TapeOp::Slice: slice_backward(n, gy); break;
+        case TapeOp::Concat: concat_backward(n, gy); break;
+        case TapeOp::Sum: reduce_backward(n, gy); break;
+        case TapeOp::Dense: dense_op_backward(t, n, gy); break;
+        case TapeOp::Apply: return apply_backward(n, gy);
+        case TapeOp::Loss:
+            if (n.in[0]->requires_grad) {
+                float* g = n.in[0]->grad.data;
+                const float s = gy[0];
+                const size_t len = n.in[0]->value.numel();
+                for (size_t i = 0; i < len; ++i) g[i] += s * n.saved[i];
+            }
+            break;
+        case TapeOp::Custom: custom_backward(n, gy); break;
+    }
+    return Status{};
+}
+
+Status Tape::backward(const Var& root, const Var* upstream, bool retain_graph) {
+    if (!error.ok()) return error;
+    if (!upstream) return backward(root, static_cast<const float*>(nullptr), retain_graph);
+    char b1[64], b2[64];
+    if (!upstream->p) return errorf("tape: backward: the upstream gradient is empty");
+    if (root.p && upstream->shape() != root.shape())
+        return errorf("tape: backward: upstream gradient %s does not match root \"%s\" %s",
+                      shape_str(upstream->shape(), b1, sizeof b1), root.p->name, shape_str(root.shape(), b2, sizeof b2));
+    return backward(root, upstream->p->value.data, retain_graph);
+}
+
+Status Tape::backward(const Var& root, const float* upstream, bool retain_graph) {
+    if (!error.ok()) return error;
+    char buf[64];
+    if (!root.p) return errorf("tape: backward: the root is empty (an operation before it failed)");
+    if (root.p->tape != this) return errorf("tape: backward: root \"%s\" lives on another tape", root.p->name);
+    VarData* r = root.p;
+    if (!r->requires_grad)
+        return errorf("tape: backward: root \"%s\" does not require a gradient: no input it depends on wants "
+                      "one, or it was computed under NoGrad", r->name);
+    if (!upstream && r->value.numel() != 1)
+        return errorf("tape: backward: root \"%s\" has shape %s; a non-scalar root needs an upstream gradient of "
+                      "that shape", r->name, shape_str(r->value.shape, buf, sizeof buf));
+
+    // 1. Which nodes lead to the root; refuse before writing anything if one
+    //    of them was spent by an earlier backward.
+    const uint64_t p = ++pass;
+    r->reach_pass = p;
+    for (TapeNode* n = last; n; n = n->prev) {
+        if (n->out->reach_pass != p) continue;
+        if (n->released)
+            return errorf("tape: backward: the graph through \"%s\" was already differentiated and its buffers "
+                          "released; pass retain_graph = true to the first backward to run it again",
+                          tape_op_name(n->op));
+        for (int i = 0; i < n->n_in; ++i)
+            if (n->in[i]->requires_grad) n->in[i]->reach_pass = p;
+    }
+    // 2. Gradient buffers for the intermediate Vars on the way, zeroed (leaves
+    //    keep accumulating). All carving happens here, before any gradient.
+    for (TapeNode* n = last; n; n = n->prev) {
+        VarData* v = n->out;
+        if (v->reach_pass != p) continue;
+        if (!v->grad.data) {
+            Status st;
+            float* g = arena.alloc_floats(v->value.numel(), &st, "gradient");
+            if (!g) return errorf("tape: backward: gradient of \"%s\": %s", v->name, st.message());
+            v->grad = tensor_view(g, v->value.shape);
+        }
+        std::memset(v->grad.data, 0, v->value.numel() * sizeof(float));
+    }
+    // 3. The root's gradient, then every node newest first.
+    const size_t rn = r->value.numel();
+    for (size_t i = 0; i < rn; ++i) r->grad.data[i] += upstream ? upstream[i] : 1.0f;
+    for (TapeNode* n = last; n; n = n->prev) {
+        if (n->out->reach_pass != p) continue;
+        Status st = node_backward(*this, *n);
+        if (!st) return st;
+        if (!retain_graph) n->released = true;
+    }
+    return Status{};
+}
+
+// --- Gradient check for tape functions ------------------------------------------------
+
+// sum(f(inputs) * r) in double, recording nothing.
+static Status tape_probe(Tape& t, TapeFn f, const Var* inputs, int n, void* user, const float* r, size_t ny,
+                         double* out) {
+    const TapeMark m = t.mark();
+    const uint64_t graph = t.graph;
+    Var y;
+    {
+        NoGrad ng(t);
+        y = f(t, inputs, n, user);
+    }
+    Status st = t.error;
+    if (st.ok() && !y.p) st = errorf("gradient_check: the function returned an empty Var");
+    if (st.ok() && y.numel() != ny)
+        st = errorf("gradient_check: the function's output changed size (%zu, then %zu)", ny, y.numel());
+    double s = 0.0;
+    if (st.ok())
+        for (size_t i = 0; i < ny; ++i) s += (double)y.p->value.data[i] * r[i];
+    t.arena.reset(m.arena_used);  // as reset(m), keeping the graph id and error state
+    t.last = m.last;
+    t.nodes = m.nodes;
+    t.pack = m.pack;
+    t.pack_floats = m.pack_floats;
+    t.graph = graph;
+    *out = s;
+    return st;
+}
+
+Status gradient_check(Tape& t, TapeFn f, const Var* inputs, int n, void* user, GradCheckResult* out, float h,
+                      double tol, int max_checks) {
+    if (!f || !out || n < 0 || (n > 0 && !inputs)) return errorf("gradient_check: bad arguments");
+    if (!(h > 0.0f)) return errorf("gradient_check: step h must be > 0 (got %g)", (double)h);
+    if (!t.error.ok()) return t.error;
+    for (int i = 0; i < n; ++i)
+        if (!inputs[i].p) return errorf("gradient_check: input %d is empty", i);
+    const TapeMark m = t.mark();
+    Status st;
+    // The inputs' gradients as they were, put back at the end.
+    float* saved[kMaxCustomInputs * 4] = {nullptr};
+    if (n > kMaxCustomInputs * 4) return errorf("gradient_check: %d inputs (at most %d)", n, kMaxCustomInputs * 4);
+    for (int i = 0; i < n && st; ++i)
+        if (inputs[i].p->requires_grad) {
+            saved[i] = t.arena.alloc_floats(inputs[i].numel(), &st, "gradient_check saved gradient");
+            if (saved[i]) {
+                std::memcpy(saved[i], inputs[i].p->grad.data, inputs[i].numel() * sizeof(float));
+                inputs[i].zero_grad();
+            }
+        }
+    Var y = st ? f(t, inputs, n, user) : Var{};
+    if (st && !t.error.ok()) st = t.error;
+    if (st && !y.p) st = errorf("gradient_check: the function returned an empty Var");
+    float* r = st ? t.arena.alloc_floats(y.numel(), &st, "gradient_check probe") : nullptr;
+    const size_t ny = y.p ? y.numel() : 0;
+    if (st) {
+        Rng rng(0x5eed);
+        for (size_t i = 0; i < ny; ++i) r[i] = rng.uniform(-1.0f, 1.0f);
+        Var rv = t.constant(y.shape(), r, "probe");
+        Var L = sum(mul(y, rv));
+        st = t.backward(L, static_cast<const float*>(nullptr), true);
+    }
+    GradCheckResult res;
+    for (int i = 0; i < n && st; ++i) {
+        VarData* v = inputs[i].p;
+        if (!v->requires_grad) continue;
+        const size_t len = v->value.numel();
+        const size_t stride = max_checks > 0 && len > (size_t)max_checks ? len / (size_t)max_checks : 1;
+        for (size_t e = 0; e < len && st; e += stride) {
+            const float old = v->value.data[e];
+            double lp = 0, lm = 0;
+            v->value.data[e] = old + h;
+            st = tape_probe(t, f, inputs, n, user, r, ny, &lp);
+            v->value.data[e] = old - h;
+            if (st) st = tape_probe(t, f, inputs, n, user, r, ny, &lm);
+            v->value.data[e] = old;
+            const double numeric = (lp - lm) / (2.0 * (double)h), a = v->grad.data[e];
+            const double abs_err = std::fabs(a - numeric);
+            double scale = std::fabs(a) > std::fabs(numeric) ? std::fabs(a) : std::fabs(numeric);
+            if (scale < 1.0) scale = 1.0;
+            const double rel = abs_err / scale;
+            if (abs_err > res.max_abs_err) res.max_abs_err = abs_err;
+            if (rel > res.max_rel_err) res.max_rel_err = rel, res.worst = v->name;
+            ++res.checked;
+        }
+    }
+    if (st) {
+        res.passed = res.max_rel_err <= tol;
+        *out = res;
+    }
+    for (int i = 0; i < n; ++i)
+        if (saved[i]) std::memcpy(inputs[i].p->grad.data, saved[i], inputs[i].numel() * sizeof(float));
+    const Status keep = t.error;
+    t.reset(m);
+    if (!keep.ok() && st.ok()) st = keep;
     return st;
 }
 }  // namespace nn

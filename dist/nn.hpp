@@ -48,7 +48,13 @@
 //     model.add(nn::BatchNorm2d());                    // AvgPool2D, GlobalAvgPool
 //     model.add(nn::Flatten());                        // (C, H, W) order
 //
-// 4. The tape style (NNKit, Neograd): a later part of the library.
+// 4. The tape style (NNKit, Neograd): operations record themselves as they
+//    run and one call differentiates the graph (see "Tape" below).
+//
+//     nn::Var y = nn::relu(nn::matmul(x, W) + b);
+//     nn::Var loss = nn::sum(nn::square(y - target));
+//     tape.backward(loss);                             // W.grad(), b.grad()
+//     tape.reset(step);                                // graph freed in O(1)
 //
 // ---------------------------------------------------------------------------
 // Memory model
@@ -239,6 +245,9 @@ struct Param {
     float* grad = nullptr;
     size_t size = 0;
     bool trainable = true;
+    // A tape leaf's flag (Var::set_requires_grad): while it reads false the
+    // optimizer leaves the parameter alone, as PyTorch skips a frozen one.
+    const bool* requires_grad = nullptr;
 };
 
 // A user-defined layer kind. Fill the functions you need; forward and
@@ -340,6 +349,7 @@ struct Layer {
     size_t pack_stride = 0;
     bool pack_shared = false;  // the model supplies `pack` (also in its dry run)
     Rng rng;  // dropout draws
+    uint64_t tape_graph = 0;  // the tape graph that last applied it (nn::apply)
 
     Tensor& weight() { return params[0]; }
     Tensor& bias() { return params[1]; }
@@ -726,6 +736,244 @@ struct GradCheckResult {
 // every forward pass (Train checks BatchNorm with batch statistics).
 Status gradient_check(Layer& L, const Tensor& x, Arena& scratch, GradCheckResult* out,
                       float h = 1e-2f, double tol = 2e-2, int max_checks = 64, Mode mode = Mode::Eval);
+
+// ===========================================================================
+// Tape: a dynamic autograd graph (the NNKit and Neograd style).
+// ===========================================================================
+// Operations run as they are called and record themselves on a tape; one
+// backward call walks the tape in reverse and accumulates gradients. Every
+// node, value and gradient lives in the tape's arena, so the whole graph is
+// freed at once by resetting a mark (Neograd's "auto-removal", in O(1)):
+//
+//     nn::Tape tape;
+//     tape.reserve(1 << 20);                        // the one allocation
+//     nn::Var W = tape.param(nn::make_shape({2, 3}), w0);   // persistent leaves
+//     nn::Var b = tape.param(nn::make_shape({3}), b0);
+//     nn::Param p = nn::as_param(W, "W");          // Adam on W only
+//     nn::Optimizer adam; adam.init(nn::Adam(0.01f), &p, 1, tape.arena);
+//     const nn::TapeMark step = tape.mark();        // what each step frees
+//     for (;;) {
+//         nn::Var x = tape.constant(nn::make_shape({1, 2}), x0);
+//         nn::Var y = nn::relu(nn::matmul(x, W) + b);   // b broadcasts over rows
+//         nn::Var loss = nn::sum(nn::square(y - target));
+//         adam.zero_grad();
+//         tape.backward(loss);                      // W.grad() += dloss/dW
+//         adam.step();
+//         tape.reset(step);                         // the graph is gone
+//     }
+//
+// Rules:
+// - A Var is a handle (one pointer) to a value, a gradient and a flag saying
+//   whether a gradient is wanted. Leaves are made by the tape; every other
+//   Var by an operation. Handles made after a mark die at reset(mark).
+// - No exceptions: the first failing operation (a shape mismatch, a full
+//   arena) records its message in tape.error and returns an empty Var
+//   (ok() false); operations on empty Vars return empty Vars, and backward
+//   reports the error. Check tape.error, or backward's Status, once a step.
+// - A scalar is a (1,) tensor. backward(root) needs a scalar root, or an
+//   upstream gradient shaped like the root.
+// - Gradients accumulate (+=) into leaves across backward calls, as in
+//   PyTorch; zero them yourself (Optimizer::zero_grad or Var::zero_grad).
+//   The gradient of any Var reached by the last backward is readable too.
+// - Binary operations broadcast as NumPy does (shapes aligned on the right,
+//   a dimension of 1 stretches); each gradient is summed back to its
+//   operand's shape.
+// - Operations take negative axes (-1 is the last).
+struct Tape;
+struct VarData;
+struct TapeNode;
+
+struct Var {
+    VarData* p = nullptr;
+
+    bool ok() const { return p != nullptr; }
+    const Tensor& value() const;
+    const Tensor& grad() const;  // null data until a backward reaches it
+    const Shape& shape() const;
+    size_t numel() const;
+    float item() const;  // value[0], for a scalar
+    bool requires_grad() const;
+    // Freeze (false) or unfreeze (true) a leaf: operations that use a frozen
+    // leaf record no gradient for it, and an optimizer skips it. On a
+    // non-leaf, or unfreezing a constant, it records an error on the tape.
+    void set_requires_grad(bool on) const;
+    void zero_grad() const;
+    const char* name() const;  // the operation that made it, or the leaf's name
+    Tape* tape() const;
+};
+
+// Where to reset a tape to; see Tape::mark.
+struct TapeMark {
+    size_t arena_used = 0;
+    TapeNode* last = nullptr;
+    size_t nodes = 0;
+    float* pack = nullptr;
+    size_t pack_floats = 0;
+};
+
+// A user-defined operation. forward and backward are required.
+struct CustomOp {
+    const char* name = "custom";
+    // Output shape from the input shapes; an error for shapes it cannot take.
+    // Null: the output has the first input's shape.
+    Status (*output_shape)(const Shape* in, int n, void* user, Shape* out) = nullptr;
+    // y = f(in[0], ..., in[n-1]).
+    void (*forward)(Tensor y, const Tensor* in, int n, void* user) = nullptr;
+    // dx[i] += dL/d(in[i]) given dy = dL/dy; dx[i].data is null when input i
+    // needs no gradient. in and y are the forward's tensors.
+    void (*backward)(Tensor* dx, const Tensor& dy, const Tensor* in, int n, const Tensor& y,
+                     void* user) = nullptr;
+};
+
+struct Tape {
+    Arena arena;           // leaves first, then each step's graph
+    Status error;          // the first failed operation (sticky until reset)
+    Mode mode = Mode::Train;  // what apply() runs layers in
+    bool grad_enabled = true;  // false inside a NoGrad scope: nothing recorded
+    TapeNode* last = nullptr;  // newest node; each links to the one before
+    size_t nodes = 0;          // nodes on the tape now
+    uint64_t graph = 0;        // renewed by reset: tells graphs apart
+    uint64_t pass = 0;         // backward passes run
+    // GEMM packing scratch of the current graph, carved when an operation
+    // first needs more (pack_floats per thread slot, pack_slots slots).
+    float* pack = nullptr;
+    size_t pack_floats = 0;
+    int pack_slots = 1;
+
+    Tape() = default;
+    Tape(const Tape&) = delete;
+    Tape& operator=(const Tape&) = delete;
+
+    // Allocate the arena once, or carve memory you own.
+    Status reserve(size_t bytes);
+    Status wrap(void* buffer, size_t bytes);
+
+    // Leaves. `data` (may be null: zeros) is copied in. param() wants a
+    // gradient; variable() lets you choose; constant() never has one.
+    Var param(const Shape& s, const float* data = nullptr, const char* name = "param");
+    Var variable(const Shape& s, const float* data, bool requires_grad, const char* name = "var");
+    Var constant(const Shape& s, const float* data, const char* name = "const");
+    // A leaf over memory that lives elsewhere, not copied: a layer's weight
+    // and its gradient buffer (grad may be null: no gradient wanted).
+    Var wrap_tensor(const Tensor& value, const Tensor& grad, const char* name = "tensor");
+    // A built layer's parameter i as a leaf (Dense: 0 weight, 1 bias): the
+    // tape's gradients for it land in the layer's own gradient buffer.
+    Var layer_param(Layer& L, int i);
+
+    TapeMark mark() const;
+    void reset(const TapeMark& m);  // frees every node and Var made after m
+    size_t bytes_since(const TapeMark& m) const { return arena.used - m.arena_used; }
+
+    // dL/dv for every v the root depends on, in reverse order of recording;
+    // a Var used k times receives the sum of its k contributions, once each.
+    // upstream: the gradient flowing into root (shaped like it); null for a
+    // scalar root means 1. Without retain_graph the graph's nodes are spent,
+    // and a second backward through them is an error.
+    Status backward(const Var& root, const Var* upstream = nullptr, bool retain_graph = false);
+    Status backward(const Var& root, const float* upstream, bool retain_graph = false);
+
+    // Record the first error; returns an empty Var for the caller to return.
+    Var fail(const Status& st);
+};
+
+// Inside this scope the tape records nothing: results have no gradient.
+struct NoGrad {
+    Tape& tape;
+    bool saved;
+    explicit NoGrad(Tape& t) : tape(t), saved(t.grad_enabled) { t.grad_enabled = false; }
+    ~NoGrad() { tape.grad_enabled = saved; }
+    NoGrad(const NoGrad&) = delete;
+    NoGrad& operator=(const NoGrad&) = delete;
+};
+
+// An optimizer entry for a leaf; the optimizer skips it while it is frozen.
+Param as_param(const Var& v, const char* name = nullptr);
+
+// --- Operations ------------------------------------------------------------
+// Arithmetic, broadcasting as NumPy.
+Var add(const Var& a, const Var& b);
+Var sub(const Var& a, const Var& b);
+Var mul(const Var& a, const Var& b);
+Var div(const Var& a, const Var& b);
+Var add(const Var& a, float s);
+Var mul(const Var& a, float s);
+Var neg(const Var& a);
+inline Var operator+(const Var& a, const Var& b) { return add(a, b); }
+inline Var operator-(const Var& a, const Var& b) { return sub(a, b); }
+inline Var operator*(const Var& a, const Var& b) { return mul(a, b); }
+inline Var operator/(const Var& a, const Var& b) { return div(a, b); }
+inline Var operator+(const Var& a, float s) { return add(a, s); }
+inline Var operator+(float s, const Var& a) { return add(a, s); }
+inline Var operator-(const Var& a, float s) { return add(a, -s); }
+inline Var operator-(float s, const Var& a) { return add(neg(a), s); }
+inline Var operator*(const Var& a, float s) { return mul(a, s); }
+inline Var operator*(float s, const Var& a) { return mul(a, s); }
+inline Var operator/(const Var& a, float s) { return mul(a, 1.0f / s); }
+inline Var operator-(const Var& a) { return neg(a); }
+
+// (M, K) x (K, N) -> (M, N) through the GEMM; a 1-D operand is a row (left)
+// or a column (right) vector, and its dimension is dropped from the result.
+Var matmul(const Var& a, const Var& b);
+// Swap two dimensions (a copy).
+Var transpose(const Var& a, int dim0 = -2, int dim1 = -1);
+// Same elements, another shape (one dimension may be -1: inferred).
+Var reshape(const Var& a, std::initializer_list<int> dims);
+Var reshape(const Var& a, const Shape& s);
+// Elements [begin, end) of one axis.
+Var slice(const Var& a, int axis, int begin, int end);
+// Joined along an axis; every other dimension must agree.
+Var concat(std::initializer_list<Var> parts, int axis = 0);
+Var concat(const Var* parts, int n, int axis = 0);
+
+// Reductions over the listed axes (all axes when the list is empty), keeping
+// them as size-1 dimensions when keepdims. Reducing every axis gives (1,).
+Var sum(const Var& a, std::initializer_list<int> axes = {}, bool keepdims = false);
+Var mean(const Var& a, std::initializer_list<int> axes = {}, bool keepdims = false);
+
+// Elementwise.
+Var exp(const Var& a);
+Var log(const Var& a);
+Var pow(const Var& a, float exponent);
+Var square(const Var& a);
+Var sqrt(const Var& a);
+Var abs(const Var& a);     // gradient 0 at 0, as PyTorch
+Var clamp(const Var& a, float lo, float hi);  // gradient 1 where lo <= a <= hi
+Var relu(const Var& a);
+Var leaky_relu(const Var& a, float negative_slope = 0.01f);
+Var sigmoid(const Var& a);
+Var tanh(const Var& a);
+// Along one axis (the last by default), numerically stable.
+Var softmax(const Var& a, int axis = -1);
+Var log_softmax(const Var& a, int axis = -1);
+
+// Layer kernels. dense: act(x W^T + b) with W (out, in) and b (out) or an
+// empty Var, through the fused GEMM (x is (B, in)).
+Var dense(const Var& x, const Var& W, const Var& b, Act act = Act::None);
+// Any built layer (Conv2D, pooling, BatchNorm, Dropout, Dense, custom...)
+// on the tape, in tape.mode. Its parameters take gradients in the layer's
+// own buffers; layer_param() makes them Vars. A layer that keeps state from
+// forward for backward (pooling indices, dropout mask, batch statistics)
+// can be applied once per graph; a second call is an error.
+Var apply(Layer& L, const Var& x);
+
+// Losses, each a scalar: the mean over the batch as the Loss kinds define
+// it. pred is (B, C); target has pred's shape (it takes no gradient).
+Var loss(const Loss& kind, const Var& pred, const Var& target);
+// Softmax cross-entropy on logits (B, C) against integer class labels
+// (B of them; copied to the tape).
+Var cross_entropy(const Var& logits, const int32_t* labels);
+
+// User-defined operation on up to 8 inputs.
+constexpr int kMaxCustomInputs = 8;
+Var custom(const CustomOp& op, const Var* inputs, int n, void* user = nullptr);
+
+// Checks the gradients a graph built by f gives its inputs against central
+// differences, on L = sum(f(inputs) * r) with a fixed random r. f must
+// build its result from `inputs` with tape operations (built-in or custom).
+// Inputs wanting no gradient are skipped. Their gradients are left as found.
+typedef Var (*TapeFn)(Tape& tape, const Var* inputs, int n, void* user);
+Status gradient_check(Tape& tape, TapeFn f, const Var* inputs, int n, void* user, GradCheckResult* out,
+                      float h = 1e-2f, double tol = 2e-2, int max_checks = 64);
 
 // ===========================================================================
 // Runtime switches
