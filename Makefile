@@ -34,7 +34,7 @@ CXXFLAGS_ALL = $(STD) $(OPT) $(ARCH) $(WARN) $(DEFS) -I. $(EXTRA)
 
 LIB_SRC   = nn_impl.cpp
 LIB_DEPS  = nn.hpp $(wildcard kernels/*.hpp)
-EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer lenet_fashion convnet_fashion cifar_cnn autograd_nnkit autograd_circles
+EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer lenet_fashion convnet_fashion cifar_cnn autograd_nnkit autograd_circles sine_rnn char_lm
 TEST_SRC  = $(wildcard tests/test_*.cpp) tests/main.cpp
 BENCH_SRC = $(wildcard bench/bench_*.cpp)
 
@@ -54,8 +54,8 @@ help:
 	@echo "make test-san  the test suite under AddressSanitizer + UBSan"
 	@echo "make bench     Google Benchmark programs in bench/"
 	@echo "make bench-peers  nn beside OpenBLAS (GEMM) and PyTorch (MLP epoch, LeNet epoch, 100 ConvNet"
-	@echo "               steps), one thread each; RATIO lines, ratio > 1 = nn better (GFLOP/s: ours/peer,"
-	@echo "               s: peer/ours); PEERS_ONLY=\"gemm mlp lenet convnet\" picks sections"
+	@echo "               steps, an LSTM step), one thread each; RATIO lines, ratio > 1 = nn better (GFLOP/s:"
+	@echo "               ours/peer, s: peer/ours); PEERS_ONLY=\"gemm mlp lenet convnet lstm\" picks sections"
 	@echo "make dist      dist/nn.hpp + dist/nn_impl.cpp, the two drop-in files"
 	@echo "make test-dist build the examples and the suite from only those two files"
 	@echo "make test-arm  the suite for arm64, armhf (NEON) and armv6 (scalar) under qemu-user"
@@ -104,7 +104,7 @@ $(BUILD)/bench_%: bench/bench_%.cpp $(BUILD)/nn_impl.o
 
 # Side by side with the peers, in one run (bench/peers.sh): nn::gemm_f32 vs
 # OpenBLAS cblas_sgemm, and vs PyTorch CPU an MLP training epoch, a LeNet
-# epoch and 100 ConvNet steps (PEERS_ONLY="gemm mlp lenet convnet" runs only
+# epoch, 100 ConvNet steps and an LSTM step (PEERS_ONLY="gemm mlp lenet convnet lstm" runs only
 # the sections it names; bench/peers.sh lists its other knobs). Every result
 # is a line "RATIO work=... ours=... peer=... peer_value=... unit=... ratio=...",
 # ratio > 1 meaning nn is better: ours / peer for GFLOP/s, peer / ours for
@@ -115,7 +115,7 @@ HAVE_OPENBLAS = $(shell printf '\043include <cblas.h>\nint main() { openblas_set
   $(CXX) -x c++ - -o /dev/null -lopenblas >/dev/null 2>&1 && echo 1)
 
 bench-peers:
-	@$(MAKE) --no-print-directory $(BUILD)/mlp_fashion $(BUILD)/lenet_fashion $(BUILD)/convnet_fashion
+	@$(MAKE) --no-print-directory $(BUILD)/mlp_fashion $(BUILD)/lenet_fashion $(BUILD)/convnet_fashion $(BUILD)/bench_rnn
 	@if [ "$(HAVE_OPENBLAS)" = 1 ]; then \
 	  $(MAKE) --no-print-directory $(BUILD)/peers_gemm || exit 1; gemm=$(BUILD)/peers_gemm; \
 	else gemm=""; fi; \

@@ -47,7 +47,13 @@
 //     model.add(nn::BatchNorm2d());                    // AvgPool2D, GlobalAvgPool
 //     model.add(nn::Flatten());                        // (C, H, W) order
 //
-// 4. The tape style (NNKit, Neograd): operations record themselves as they
+// 4. Sequences: RNN, LSTM and GRU with PyTorch's gates and weight names.
+//
+//     model.add(nn::LSTM(1, 64, /*num_layers=*/1, /*return_sequences=*/false));
+//     model.add(nn::Dense(1));                         // next value of a series
+//     // Embedding(vocab, dim), and Dense on (T, in) samples applies per step.
+//
+// 5. The tape style (NNKit, Neograd): operations record themselves as they
 //    run and one call differentiates the graph (see "Tape" below).
 //
 //     nn::Var y = nn::relu(nn::matmul(x, W) + b);
@@ -209,8 +215,16 @@ struct Rng {
 enum class Act : uint8_t { None, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax };
 enum class LayerKind : uint8_t {
     Dense, Activation, Dropout, Flatten, Custom,
-    Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, BatchNorm
+    Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, BatchNorm,
+    Recurrent, Embedding
 };
+// The cell of a recurrent layer, with PyTorch's equations and gate order:
+//   RnnTanh/RnnReLU  h' = act(W_ih x + b_ih + W_hh h + b_hh)
+//   LSTM (i, f, g, o) i = s(.), f = s(.), g = tanh(.), o = s(.) of W_i* x + b_i* + W_h* h + b_h*;
+//                     c' = f c + i g,  h' = o tanh(c')
+//   GRU (r, z, n)     r = s(W_ir x + b_ir + W_hr h + b_hr), z likewise,
+//                     n = tanh(W_in x + b_in + r (W_hn h + b_hn)),  h' = (1 - z) n + z h
+enum class RnnCell : uint8_t { RnnTanh, RnnReLU, LSTM, GRU };
 enum class Mode : uint8_t { Eval, Train };
 
 // Rows x columns of a window, stride, padding or dilation; one number means
@@ -234,7 +248,7 @@ struct Padding {
 constexpr PadMode Same = PadMode::Same;
 constexpr PadMode Valid = PadMode::Valid;
 
-constexpr int kMaxParams = 4;
+constexpr int kMaxParams = 16;  // a recurrent layer: 4 per stacked layer
 struct Layer;
 
 // A parameter as an optimizer sees it.
@@ -286,6 +300,8 @@ struct Layer {
     // Dropout (inverted): zero with probability `rate`, scale by 1/(1-rate).
     float rate = 0.0f;
 
+    // A Dense layer on (T, in) samples applies to each of the T steps
+    // (time-distributed), giving (T, units).
     // Conv2D: y = x (*) W + b over (C, H, W) samples, weight
     // [out_channels, in_channels / groups, kh, kw] as in PyTorch.
     // MaxPool2D / AvgPool2D use kernel, stride and padding too.
@@ -301,6 +317,35 @@ struct Layer {
     float eps = 1e-5f, momentum = 0.1f;
     bool affine = true;
     int bn_dims = 1;  // 1 or 2: which input shapes the layer accepts
+
+    // Recurrent (RNN, LSTM, GRU): batch-first sequences, samples (T, input)
+    // -> (T, hidden) when return_sequences, else the last state (hidden).
+    // Parameters per stacked layer k, PyTorch's names and shapes:
+    // weight_ih_lk [G*hidden, in], weight_hh_lk [G*hidden, hidden],
+    // bias_ih_lk, bias_hh_lk [G*hidden], G = 1, 4 (LSTM) or 3 (GRU).
+    RnnCell cell = RnnCell::LSTM;
+    int hidden_size = 0;
+    int num_layers = 1;
+    bool return_sequences = true;
+    // Truncated backpropagation through time: the gradient crosses at most
+    // into the window it is in (steps [k w, (k + 1) w)); 0: the whole sequence.
+    int bptt_window = 0;
+    // Set before forward (and keep for backward), or leave null:
+    //   lengths  per sample of the batch, 1..T: steps at or after a sample's
+    //            length leave its state unchanged, output zeros and take no
+    //            gradient (PyTorch's packed sequences). Null: all T.
+    //   h0, c0   initial states, (num_layers, B, hidden) as PyTorch. Null: 0.
+    const int32_t* lengths = nullptr;
+    const float* h0 = nullptr;
+    const float* c0 = nullptr;
+    // Final states after forward, (num_layers, B, hidden), carved by build:
+    // hand them back as h0/c0 to carry the state on (stateful generation).
+    float* hn = nullptr;
+    float* cn = nullptr;
+
+    // Embedding: token ids (stored as floats, samples (T)) -> (T, dim).
+    int num_embeddings = 0;
+    int embedding_dim = 0;
 
     // Custom
     const CustomLayerOps* custom = nullptr;
@@ -377,6 +422,16 @@ Layer Conv2D(int in_channels, int out_channels, Size2 kernel, Size2 stride = 1, 
 Layer MaxPool2D(Size2 kernel, Size2 stride = 0, Size2 padding = 0);
 Layer AvgPool2D(Size2 kernel, Size2 stride = 0, Size2 padding = 0, bool count_include_pad = true);
 Layer GlobalAvgPool();  // (C, H, W) -> (C): the mean of each plane
+// Recurrent layers, PyTorch's arguments (batch_first); input_size 0 takes the
+// input's. Weights ~ U(-1/sqrt(hidden), 1/sqrt(hidden)) as PyTorch. At most
+// 4 stacked layers.
+Layer RNN(int input_size, int hidden_size, int num_layers = 1, bool return_sequences = true,
+          Act nonlinearity = Act::Tanh);
+Layer LSTM(int input_size, int hidden_size, int num_layers = 1, bool return_sequences = true);
+Layer GRU(int input_size, int hidden_size, int num_layers = 1, bool return_sequences = true);
+// weight [num_embeddings, embedding_dim] ~ N(0, 1) as PyTorch. An id outside
+// the vocabulary is an error naming the layer, the sample and the step.
+Layer Embedding(int num_embeddings, int embedding_dim);
 Layer BatchNorm1d(int num_features = 0, float eps = 1e-5f, float momentum = 0.1f, bool affine = true);
 Layer BatchNorm2d(int num_features = 0, float eps = 1e-5f, float momentum = 0.1f, bool affine = true);
 const char* act_name(Act a);

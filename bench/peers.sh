@@ -17,6 +17,14 @@
 #            dropout): build/convnet_fashion --steps N against
 #            bench/torch_cnn.py --model convnet --steps N, $PEERS_CNN_ROUNDS
 #            rounds; the RATIO line compares the seconds for those N steps.
+#   lstm     One LSTM training step (LSTM 64 -> 128, batch 32, 50 steps,
+#            return_sequences, MSE against a fixed target, forward + backward +
+#            Adam 1e-3, one thread): BM_LstmTrainStep of build/bench_rnn
+#            (median of $PEERS_LSTM_REPS repetitions) against
+#            bench/torch_lstm.py (median of $PEERS_LSTM_STEPS timed steps after
+#            10 warm-up steps), $PEERS_LSTM_ROUNDS rounds; the RATIO line
+#            compares the medians over the rounds of the seconds per step.
+#            It needs PyTorch but no data set.
 # The three training comparisons run the same model on both sides (PyTorch's
 # default init, cross-entropy on the logits, Adam 1e-3, batch 64, one thread
 # each). Each round the two sides alternate which goes first; each run
@@ -30,14 +38,15 @@
 # for a time (s) it is peer / ours.
 #
 # A peer that is not installed is skipped with a message (gemm without
-# OpenBLAS; mlp, lenet and convnet without PyTorch or the data set); that is
-# not a failure (exit 0). A program that fails or prints no result is
-# (exit 1), and so is a PEERS_ONLY word that names no section (exit 2).
+# OpenBLAS; mlp, lenet and convnet without PyTorch or the data set; lstm
+# without PyTorch); that is not a failure (exit 0). A program that fails or
+# prints no result is (exit 1), and so is a PEERS_ONLY word that names no
+# section (exit 2).
 #
 # Environment (all optional):
 #   BUILD          where the nn programs are (build)
 #   FASHION        the Fashion-MNIST directory (/usr/share/datasets/fashion-mnist)
-#   PEERS_ONLY     the sections to run, from "gemm mlp lenet convnet" (all)
+#   PEERS_ONLY     the sections to run, from "gemm mlp lenet convnet lstm" (all)
 #   PEERS_GEMM     the GEMM program; set it empty to skip the GEMM part
 #                  (the Makefile does when OpenBLAS is missing)
 #   PEERS_PYTHON   the Python with PyTorch (/usr/bin/python3)
@@ -46,6 +55,9 @@
 #   PEERS_CNN_ROUNDS     rounds of the LeNet and ConvNet comparisons (3)
 #   PEERS_LENET_EPOCHS   epochs per LeNet run (1)
 #   PEERS_CONVNET_STEPS  training steps per ConvNet run (100)
+#   PEERS_LSTM_ROUNDS    rounds of the LSTM comparison (3)
+#   PEERS_LSTM_REPS      Google Benchmark repetitions per nn run (5)
+#   PEERS_LSTM_STEPS     timed steps per PyTorch run (100)
 #   PEERS_KEEP_OPENBLAS_ENV  1: pass OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE on
 #                  (by default they are unset, so OpenBLAS picks its best kernels)
 set -u
@@ -59,7 +71,10 @@ EPOCHS=${PEERS_EPOCHS:-2}
 CNN_ROUNDS=${PEERS_CNN_ROUNDS:-3}
 LENET_EPOCHS=${PEERS_LENET_EPOCHS:-1}
 CONVNET_STEPS=${PEERS_CONVNET_STEPS:-100}
-SECTIONS="gemm mlp lenet convnet"
+LSTM_ROUNDS=${PEERS_LSTM_ROUNDS:-3}
+LSTM_REPS=${PEERS_LSTM_REPS:-5}
+LSTM_STEPS=${PEERS_LSTM_STEPS:-100}
+SECTIONS="gemm mlp lenet convnet lstm"
 ONLY=${PEERS_ONLY:-$SECTIONS}
 HERE=$(dirname "$0")
 
@@ -267,4 +282,66 @@ if want convnet && torch_ready "$convnet_work"; then
     echo "INFO work=$convnet_work ours_ms_per_step=$ours_ms peer_ms_per_step=$peer_ms" \
          "ours_test_acc=$ours_acc peer_test_acc=$peer_acc steps=$CONVNET_STEPS" \
          "(median over $CNN_ROUNDS rounds; torch $torch_version)"
+fi
+
+# ------------------------------------------------------- 5. LSTM training step
+# nn: BM_LstmTrainStep's median over LSTM_REPS repetitions (Google Benchmark
+# CSV: name,iterations,real_time,cpu_time,time_unit,...), in seconds.
+run_lstm_nn() {
+    out=$("$BUILD/bench_rnn" --benchmark_filter='^BM_LstmTrainStep$' --benchmark_repetitions="$LSTM_REPS" \
+          --benchmark_report_aggregates_only=true --benchmark_format=csv 2>&1)
+    v=$(printf '%s\n' "$out" | awk -F, '$1 == "\"BM_LstmTrainStep_median\"" {
+            u = $5; f = (u == "ns") ? 1e-9 : (u == "us") ? 1e-6 : (u == "ms") ? 1e-3 : 1;
+            printf "%.6f\n", $3 * f }')
+    if [ -z "$v" ]; then
+        printf '%s\n' "$out" >&2
+        echo "bench/peers.sh: $BUILD/bench_rnn printed no BM_LstmTrainStep_median" >&2
+        exit 1
+    fi
+    echo "RESULT example=bench_rnn work=lstm_step seconds_per_step=$v"
+}
+# As median(), with 6 decimals also for an even count (seconds per step).
+median6() {
+    printf '%s\n' "$1" | tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR == 0) exit; printf "%.6f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+run_lstm_torch() {
+    run_side "$PY" "$HERE/torch_lstm.py" --steps "$LSTM_STEPS" --threads 1
+}
+
+if want lstm; then
+    if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+        echo "skipped: lstm_step vs PyTorch: $PY cannot import torch (install python3-torch)"
+    else
+        need_built "$BUILD/bench_rnn"
+        echo "# lstm_step: LSTM(64, 128) batch 32 x 50 steps, return_sequences, MSE, forward + backward +" \
+             "Adam 1e-3, one thread each; $LSTM_ROUNDS rounds (nn: median of $LSTM_REPS benchmark" \
+             "repetitions, pytorch: median of $LSTM_STEPS steps)"
+        nn_s=""; pt_s=""
+        r=1
+        while [ "$r" -le "$LSTM_ROUNDS" ]; do
+            if [ $((r % 2)) = 1 ]; then
+                a=$(run_lstm_nn) || exit 1
+                b=$(run_lstm_torch) || exit 1
+            else
+                b=$(run_lstm_torch) || exit 1
+                a=$(run_lstm_nn) || exit 1
+            fi
+            s1=$(field "$a" seconds_per_step); s2=$(field "$b" seconds_per_step)
+            if [ -z "$s1" ] || [ -z "$s2" ]; then
+                echo "bench/peers.sh: lstm_step: a RESULT line has no seconds_per_step:" >&2
+                printf '  %s\n  %s\n' "$a" "$b" >&2
+                exit 1
+            fi
+            echo "# round $r: nn $s1 s/step, pytorch $s2 s/step"
+            nn_s="$nn_s $s1"; pt_s="$pt_s $s2"
+            r=$((r + 1))
+        done
+        ours=$(median6 "$nn_s"); peer=$(median6 "$pt_s")
+        ratio=$(awk -v o="$ours" -v p="$peer" 'BEGIN { printf "%.3f", (o > 0 ? p / o : 0) }')
+        echo "RATIO work=lstm_step ours=$ours peer=pytorch peer_value=$peer unit=s ratio=$ratio"
+        echo "INFO work=lstm_step ours_ms_per_step=$(awk -v o="$ours" 'BEGIN { printf "%.3f", o * 1e3 }')" \
+             "peer_ms_per_step=$(awk -v p="$peer" 'BEGIN { printf "%.3f", p * 1e3 }')" \
+             "(median over $LSTM_ROUNDS rounds; torch $(field "$b" torch))"
+    fi
 fi

@@ -3981,6 +3981,284 @@ inline void broadcast_binary_grad(float* g, const ptrdiff_t sg[4], const float* 
 
 }  // namespace nn
 // ==== end kernels/strided.hpp ====
+// ==== begin kernels/rnn.hpp ====
+// kernels/rnn.hpp — the cells of recurrent layers: one time step of RNN,
+// LSTM and GRU, forward and backward, between the GEMMs that nn_impl.cpp
+// runs around them.
+//
+// Layout (why it is transposed): every sequence buffer is feature-major,
+// a (rows, T*B) matrix whose column t*B + b is step t of sample b. Then
+//   - the input projection of all steps is one GEMM, G = W_ih X;
+//   - the recurrent GEMM of step t, G[:, t] += W_hh h_{t-1}, reads W_hh in
+//     place (the GEMM's A operand needs no packing) and packs only the
+//     small (hidden, B) block of h;
+//   - the weight gradients are one GEMM each over all steps;
+//   - here, each gate row of a step is B contiguous floats.
+// Each kernel below works on one step: G points at column t*B of a gate
+// matrix with row stride ld (= T*B), state blocks likewise.
+//
+// Gate rows follow PyTorch: RNN [a], LSTM [i f g o], GRU [r z n], each H rows.
+// keep[b] is 0 for a sample whose sequence has ended before this step, else
+// 1 (null: every sample runs): an ended sample's state is carried unchanged
+// and it gets no gradient (PyTorch's packed sequences).
+
+#include <cmath>
+#include <cstddef>
+
+
+namespace nn {
+
+// --- Row helpers -------------------------------------------------------------------
+
+// sum of x[0..n), for the bias gradients (a row of dG over all steps).
+inline float row_sum_f32_ref(const float* x, size_t n) {
+    float s = 0.0f;
+    for (size_t i = 0; i < n; ++i) s += x[i];
+    return s;
+}
+inline float row_sum_f32(const float* x, size_t n) {
+    size_t i = 0;
+    float s = 0.0f;
+#if NN_SIMD
+    using simd::vf;
+    const size_t W = (size_t)simd::kWidth;
+    vf a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);  // four chains: an add's latency is hidden
+    // i: four vectors at a time
+    for (; i + 4 * W <= n; i += 4 * W) {
+        a0 += vf::load_unaligned(x + i);
+        a1 += vf::load_unaligned(x + i + W);
+        a2 += vf::load_unaligned(x + i + 2 * W);
+        a3 += vf::load_unaligned(x + i + 3 * W);
+    }
+    s = simd::hsum((a0 + a1) + (a2 + a3));
+#endif
+    return s + row_sum_f32_ref(x + i, n - i);
+}
+
+// y[0..n) += v.
+inline void add_scalar_f32(float* y, float v, size_t n) {
+    size_t i = 0;
+#if NN_SIMD
+    using simd::vf;
+    const size_t W = (size_t)simd::kWidth;
+    const vf vv(v);
+    for (; i + W <= n; i += W) (vf::load_unaligned(y + i) + vv).store_unaligned(y + i);
+#endif
+    for (; i < n; ++i) y[i] += v;
+}
+
+// y[0..n) += x[0..n).
+inline void add_rows_f32(float* y, const float* x, size_t n) {
+    size_t i = 0;
+#if NN_SIMD
+    using simd::vf;
+    const size_t W = (size_t)simd::kWidth;
+    for (; i + W <= n; i += W) (vf::load_unaligned(y + i) + vf::load_unaligned(x + i)).store_unaligned(y + i);
+#endif
+    for (; i < n; ++i) y[i] += x[i];
+}
+
+// --- Forward ----------------------------------------------------------------------
+
+// RNN, one step. g holds W_ih x + W_hh h_prev + both biases (H rows); on
+// return h = act(g) for valid samples, h_prev for the others.
+inline void rnn_cell_forward(float* h, size_t ldh, const float* g, size_t ldg, const float* h_prev,
+                             size_t ldp, bool relu, const float* keep, int H, int B) {
+    for (int j = 0; j < H; ++j) {  // loop over hidden units, a row of B samples each
+        float* hr = h + (size_t)j * ldh;
+        const float* gr = g + (size_t)j * ldg;
+        if (relu) leaky_relu_forward(hr, gr, 0.0f, (size_t)B);
+        else tanh_forward(hr, gr, (size_t)B);
+        if (keep)
+            for (int b = 0; b < B; ++b)
+                if (keep[b] == 0.0f) hr[b] = h_prev ? h_prev[(size_t)j * ldp + b] : 0.0f;
+    }
+}
+
+// LSTM, one step. G (4H rows) holds the pre-activations; on return it holds
+// the activated gates i, f, g, o (backward needs them), and
+//   c = f c_prev + i g,  h = o tanh(c)
+// for valid samples (the others keep c_prev, h_prev). c_prev/h_prev null: 0.
+inline void lstm_cell_forward(float* h, float* c, size_t lds, float* G, size_t ldg, const float* h_prev,
+                              const float* c_prev, size_t ldp, const float* keep, int H, int B) {
+    // The gate nonlinearities, a row at a time: sigmoid on i, f and o, tanh on g.
+    for (int r = 0; r < 4 * H; ++r) {
+        float* gr = G + (size_t)r * ldg;
+        if (r >= 2 * H && r < 3 * H) tanh_forward(gr, gr, (size_t)B);
+        else sigmoid_forward(gr, gr, (size_t)B);
+    }
+    for (int j = 0; j < H; ++j) {  // loop over hidden units
+        const float* ig = G + (size_t)j * ldg;
+        const float* fg = G + (size_t)(H + j) * ldg;
+        const float* gg = G + (size_t)(2 * H + j) * ldg;
+        const float* og = G + (size_t)(3 * H + j) * ldg;
+        float* cr = c + (size_t)j * lds;
+        float* hr = h + (size_t)j * lds;
+        const float* cp = c_prev ? c_prev + (size_t)j * ldp : nullptr;
+        const float* hp = h_prev ? h_prev + (size_t)j * ldp : nullptr;
+        for (int b = 0; b < B; ++b) cr[b] = fg[b] * (cp ? cp[b] : 0.0f) + ig[b] * gg[b];
+        tanh_forward(hr, cr, (size_t)B);
+        for (int b = 0; b < B; ++b) hr[b] *= og[b];
+        if (keep)
+            for (int b = 0; b < B; ++b)
+                if (keep[b] == 0.0f) {
+                    cr[b] = cp ? cp[b] : 0.0f;
+                    hr[b] = hp ? hp[b] : 0.0f;
+                }
+    }
+}
+
+// GRU, one step. G (3H rows) holds W_ih x + b_ih; gh (3H rows, stride ldh_)
+// holds W_hh h_prev + b_hh. On return G holds r, z, n and hn keeps gh's n
+// rows (W_hn h_prev + b_hn, which backward needs):
+//   r = s(G_r + gh_r), z = s(G_z + gh_z), n = tanh(G_n + r gh_n),
+//   h = (1 - z) n + z h_prev.
+inline void gru_cell_forward(float* h, size_t lds, float* G, size_t ldg, const float* gh, size_t ldgh, float* hn,
+                             const float* h_prev, size_t ldp, const float* keep, int H, int B) {
+    for (int r = 0; r < 2 * H; ++r) {  // r and z rows
+        float* gr = G + (size_t)r * ldg;
+        const float* hr = gh + (size_t)r * ldgh;
+        for (int b = 0; b < B; ++b) gr[b] += hr[b];
+        sigmoid_forward(gr, gr, (size_t)B);
+    }
+    for (int j = 0; j < H; ++j) {  // loop over hidden units
+        const float* rg = G + (size_t)j * ldg;
+        const float* zg = G + (size_t)(H + j) * ldg;
+        float* ng = G + (size_t)(2 * H + j) * ldg;
+        const float* ghn = gh + (size_t)(2 * H + j) * ldgh;
+        float* hnr = hn + (size_t)j * lds;
+        float* hr = h + (size_t)j * lds;
+        const float* hp = h_prev ? h_prev + (size_t)j * ldp : nullptr;
+        for (int b = 0; b < B; ++b) {
+            hnr[b] = ghn[b];
+            ng[b] += rg[b] * ghn[b];
+        }
+        tanh_forward(ng, ng, (size_t)B);
+        for (int b = 0; b < B; ++b) {
+            const float p = hp ? hp[b] : 0.0f;
+            const float k = keep ? keep[b] : 1.0f;
+            hr[b] = k * ((1.0f - zg[b]) * ng[b] + zg[b] * p) + (1.0f - k) * p;
+        }
+    }
+}
+
+// --- Backward ---------------------------------------------------------------------
+// Each takes dh (H x B, contiguous): dL/dh of this step, everything from
+// above and from step t+1 already summed in. It writes the gradients of the
+// gate pre-activations (dG; for GRU also dGh, the part that meets W_hh)
+// and leaves in dh (and dc) what flows to step t-1 other than through W_hh:
+// 0 for RNN and LSTM (dh), dh z for GRU. keep[b] is 1 for a running sample
+// and 0 for an ended one (null: all run): an ended sample's dG is 0 and its
+// dh and dc pass through unchanged, as its state did. Written as blends, not
+// branches, so that the loops over b vectorise.
+
+// RNN: da = dh act'(a), from the output h.
+inline void rnn_cell_backward(float* dG, size_t ldg, float* dh, const float* h, size_t ldh, bool relu,
+                              const float* keep, int H, int B) {
+    for (int j = 0; j < H; ++j) {  // loop over hidden units, a row of B samples each
+        float* dg = dG + (size_t)j * ldg;
+        float* d = dh + (size_t)j * B;
+        const float* hr = h + (size_t)j * ldh;
+        for (int b = 0; b < B; ++b) {
+            const float da = relu ? (hr[b] > 0.0f ? d[b] : 0.0f) : d[b] * (1.0f - hr[b] * hr[b]);
+            const float k = keep ? keep[b] : 1.0f;
+            dg[b] = k * da;
+            d[b] = (1.0f - k) * d[b];
+        }
+    }
+}
+
+// LSTM: with tc = tanh(c),
+//   do = dh tc,  dc += dh o (1 - tc^2),  di = dc g,  dg = dc i,  df = dc c_prev,
+//   then dc <- dc f for step t-1; each through its gate's derivative.
+// tc is B floats of scratch.
+inline void lstm_cell_backward(float* dG, size_t ldg, float* dh, float* dc, const float* G, const float* c,
+                               size_t lds, const float* c_prev, size_t ldp, const float* keep, float* tc, int H,
+                               int B) {
+    for (int j = 0; j < H; ++j) {  // loop over hidden units
+        const float* ig = G + (size_t)j * ldg;
+        const float* fg = G + (size_t)(H + j) * ldg;
+        const float* gg = G + (size_t)(2 * H + j) * ldg;
+        const float* og = G + (size_t)(3 * H + j) * ldg;
+        float* di = dG + (size_t)j * ldg;
+        float* df = dG + (size_t)(H + j) * ldg;
+        float* dg = dG + (size_t)(2 * H + j) * ldg;
+        float* dO = dG + (size_t)(3 * H + j) * ldg;
+        const float* cp = c_prev ? c_prev + (size_t)j * ldp : nullptr;
+        float* dhr = dh + (size_t)j * B;
+        float* dcr = dc + (size_t)j * B;
+        tanh_forward(tc, c + (size_t)j * lds, (size_t)B);
+        int b = 0;
+#if NN_SIMD
+        using simd::vf;
+        const int W = simd::kWidth;
+        const vf one(1.0f);
+        // b: a vector of samples; the same formulas as the plain loop below
+        for (; b + W <= B; b += W) {
+            const vf i = vf::load_unaligned(ig + b), f = vf::load_unaligned(fg + b);
+            const vf g = vf::load_unaligned(gg + b), o = vf::load_unaligned(og + b);
+            const vf t = vf::load_unaligned(tc + b), k = keep ? vf::load_unaligned(keep + b) : one;
+            const vf dhv = vf::load_unaligned(dhr + b), dcv = vf::load_unaligned(dcr + b);
+            const vf cpv = cp ? vf::load_unaligned(cp + b) : vf(0.0f);
+            const vf dct = dcv + dhv * o * (one - t * t);
+            (k * dhv * t * o * (one - o)).store_unaligned(dO + b);
+            (k * dct * g * i * (one - i)).store_unaligned(di + b);
+            (k * dct * i * (one - g * g)).store_unaligned(dg + b);
+            (k * dct * cpv * f * (one - f)).store_unaligned(df + b);
+            (k * (dct * f) + (one - k) * dcv).store_unaligned(dcr + b);
+            ((one - k) * dhv).store_unaligned(dhr + b);
+        }
+#endif
+        // b: the samples left, one at a time (all of them in a scalar build)
+        for (; b < B; ++b) {
+            const float i = ig[b], f = fg[b], g = gg[b], o = og[b], t = tc[b];
+            const float k = keep ? keep[b] : 1.0f;
+            const float dct = dcr[b] + dhr[b] * o * (1.0f - t * t);
+            dO[b] = k * dhr[b] * t * o * (1.0f - o);
+            di[b] = k * dct * g * i * (1.0f - i);
+            dg[b] = k * dct * i * (1.0f - g * g);
+            df[b] = k * dct * (cp ? cp[b] : 0.0f) * f * (1.0f - f);
+            dcr[b] = k * (dct * f) + (1.0f - k) * dcr[b];
+            dhr[b] = (1.0f - k) * dhr[b];
+        }
+    }
+}
+
+// GRU: h = (1 - z) n + z h_prev, n = tanh(x_n + r hn):
+//   dn = dh (1 - z) (1 - n^2),  dr = dn hn r (1 - r),  dz = dh (h_prev - n) z (1 - z),
+//   dGx = [dr, dz, dn],  dGh = [dr, dz, dn r],  dh <- dh z.
+inline void gru_cell_backward(float* dGx, float* dGh, size_t ldg, float* dh, const float* G, const float* hn,
+                              size_t lds, const float* h_prev, size_t ldp, const float* keep, int H, int B) {
+    for (int j = 0; j < H; ++j) {  // loop over hidden units
+        const float* rg = G + (size_t)j * ldg;
+        const float* zg = G + (size_t)(H + j) * ldg;
+        const float* ng = G + (size_t)(2 * H + j) * ldg;
+        const float* hnr = hn + (size_t)j * lds;
+        const float* hp = h_prev ? h_prev + (size_t)j * ldp : nullptr;
+        float* dxr = dGx + (size_t)j * ldg;
+        float* dxz = dGx + (size_t)(H + j) * ldg;
+        float* dxn = dGx + (size_t)(2 * H + j) * ldg;
+        float* dhr_ = dGh + (size_t)j * ldg;
+        float* dhz = dGh + (size_t)(H + j) * ldg;
+        float* dhn = dGh + (size_t)(2 * H + j) * ldg;
+        float* d = dh + (size_t)j * B;
+        for (int b = 0; b < B; ++b) {
+            const float r = rg[b], z = zg[b], n = ng[b], p = hp ? hp[b] : 0.0f;
+            const float k = keep ? keep[b] : 1.0f;
+            const float dn = k * d[b] * (1.0f - z) * (1.0f - n * n);
+            const float dr = dn * hnr[b] * r * (1.0f - r);
+            const float dz = k * d[b] * (p - n) * z * (1.0f - z);
+            dxr[b] = dhr_[b] = dr;
+            dxz[b] = dhz[b] = dz;
+            dxn[b] = dn;
+            dhn[b] = dn * r;
+            d[b] = k * (d[b] * z) + (1.0f - k) * d[b];
+        }
+    }
+}
+
+}  // namespace nn
+// ==== end kernels/rnn.hpp ====
 #endif  // NN_DIST_KERNELS_PASTED
 #ifndef NN_KERNELS_ONLY
 
@@ -4507,6 +4785,35 @@ Layer BatchNorm2d(int num_features, float eps, float momentum, bool affine) {
     return make_batchnorm(2, num_features, eps, momentum, affine);
 }
 
+static Layer make_recurrent(RnnCell cell, int input_size, int hidden_size, int num_layers, bool return_sequences) {
+    Layer L = make_layer(LayerKind::Recurrent, Act::None);
+    L.cell = cell;
+    L.in_features = input_size;
+    L.hidden_size = hidden_size;
+    L.num_layers = num_layers;
+    L.return_sequences = return_sequences;
+    return L;
+}
+
+Layer RNN(int input_size, int hidden_size, int num_layers, bool return_sequences, Act nonlinearity) {
+    Layer L = make_recurrent(nonlinearity == Act::ReLU ? RnnCell::RnnReLU : RnnCell::RnnTanh, input_size, hidden_size,
+                             num_layers, return_sequences);
+    L.act = nonlinearity;  // checked at build: Tanh or ReLU
+    return L;
+}
+Layer LSTM(int input_size, int hidden_size, int num_layers, bool return_sequences) {
+    return make_recurrent(RnnCell::LSTM, input_size, hidden_size, num_layers, return_sequences);
+}
+Layer GRU(int input_size, int hidden_size, int num_layers, bool return_sequences) {
+    return make_recurrent(RnnCell::GRU, input_size, hidden_size, num_layers, return_sequences);
+}
+Layer Embedding(int num_embeddings, int embedding_dim) {
+    Layer L = make_layer(LayerKind::Embedding, Act::None);
+    L.num_embeddings = num_embeddings;
+    L.embedding_dim = embedding_dim;
+    return L;
+}
+
 const char* act_name(Act a) {
     switch (a) {
         case Act::None: return "Linear";
@@ -4531,6 +4838,9 @@ const char* Layer::type_name() const {
         case LayerKind::AvgPool2D: return "AvgPool2D";
         case LayerKind::GlobalAvgPool: return "GlobalAvgPool";
         case LayerKind::BatchNorm: return bn_dims == 2 ? "BatchNorm2d" : "BatchNorm1d";
+        case LayerKind::Recurrent:
+            return cell == RnnCell::LSTM ? "LSTM" : (cell == RnnCell::GRU ? "GRU" : "RNN");
+        case LayerKind::Embedding: return "Embedding";
     }
     return "?";
 }
@@ -4661,17 +4971,45 @@ Status output_shape(const Layer& L, const Shape& in, Shape* out) {
         return errorf("layer \"%s\" (%s): input shape %s is empty", L.name, L.type_name(),
                       shape_str(in, buf, sizeof buf));
     switch (L.kind) {
-        case LayerKind::Dense:
-            if (in.ndim != 1)
+        case LayerKind::Dense:  // (in) -> (units), or per step: (T, in) -> (T, units)
+            if (in.ndim > 2)
                 return errorf("Dense \"%s\": input shape %s is not flat; add Flatten() before it",
                               L.name, shape_str(in, buf, sizeof buf));
-            if (L.in_features > 0 && L.in_features != in.dim[0])
+            if (L.in_features > 0 && L.in_features != in.dim[in.ndim - 1])
                 return errorf("Dense \"%s\": input has %d features, layer expects %d", L.name,
-                              in.dim[0], L.in_features);
+                              in.dim[in.ndim - 1], L.in_features);
             if (L.units < 1) return errorf("Dense \"%s\": units must be >= 1 (got %d)", L.name, L.units);
             if (L.act == Act::LeakyReLU && !(L.leaky_slope >= 0.0f))
                 return errorf("Dense \"%s\": leaky slope must be >= 0 (got %g)", L.name, (double)L.leaky_slope);
-            *out = make_shape({L.units});
+            *out = in.ndim == 2 ? make_shape({in.dim[0], L.units}) : make_shape({L.units});
+            return Status{};
+        case LayerKind::Recurrent:
+            if (in.ndim != 2)
+                return errorf("%s \"%s\": input samples %s are not (steps, features)", L.type_name(), L.name,
+                              shape_str(in, buf, sizeof buf));
+            if (L.in_features > 0 && L.in_features != in.dim[1])
+                return errorf("%s \"%s\": input has %d features per step, layer expects %d", L.type_name(), L.name,
+                              in.dim[1], L.in_features);
+            if (L.hidden_size < 1)
+                return errorf("%s \"%s\": hidden_size must be >= 1 (got %d)", L.type_name(), L.name, L.hidden_size);
+            if (L.num_layers < 1 || L.num_layers > kMaxParams / 4)
+                return errorf("%s \"%s\": num_layers must be 1 to %d (got %d)", L.type_name(), L.name,
+                              kMaxParams / 4, L.num_layers);
+            if (L.bptt_window < 0)
+                return errorf("%s \"%s\": bptt_window must be >= 0 (got %d)", L.type_name(), L.name, L.bptt_window);
+            if ((L.cell == RnnCell::RnnTanh || L.cell == RnnCell::RnnReLU) && L.act != Act::Tanh &&
+                L.act != Act::ReLU && L.act != Act::None)
+                return errorf("RNN \"%s\": nonlinearity must be Tanh or ReLU (got %s)", L.name, act_name(L.act));
+            *out = L.return_sequences ? make_shape({in.dim[0], L.hidden_size}) : make_shape({L.hidden_size});
+            return Status{};
+        case LayerKind::Embedding:
+            if (in.ndim != 1)
+                return errorf("Embedding \"%s\": input samples %s are not (steps) of token ids", L.name,
+                              shape_str(in, buf, sizeof buf));
+            if (L.num_embeddings < 1 || L.embedding_dim < 1)
+                return errorf("Embedding \"%s\": num_embeddings %d and embedding_dim %d must be >= 1", L.name,
+                              L.num_embeddings, L.embedding_dim);
+            *out = make_shape({in.dim[0], L.embedding_dim});
             return Status{};
         case LayerKind::Activation:
             if (L.act == Act::LeakyReLU && !(L.leaky_slope >= 0.0f))
@@ -4758,12 +5096,100 @@ static void batchnorm_init(Layer& L) {
     }
 }
 
+// --- Recurrent layers: sizes -----------------------------------------------------
+
+static int rnn_gates(const Layer& L) {
+    return L.cell == RnnCell::LSTM ? 4 : (L.cell == RnnCell::GRU ? 3 : 1);
+}
+
+// Where each buffer of a recurrent layer sits in its scratch (offsets in
+// floats), for batches up to B. Sequence buffers are feature-major
+// (rows, T*B): see kernels/rnn.hpp.
+struct RnnLayout {
+    size_t xT = 0;              // the input, transposed: (input, T*B)
+    size_t G[kMaxParams / 4];   // gates per stacked layer: (G*H, T*B)
+    size_t hs[kMaxParams / 4];  // hidden states: (H, T*B)
+    size_t cs[kMaxParams / 4];  // LSTM cell states: (H, T*B)
+    size_t hn[kMaxParams / 4];  // GRU: W_hn h + b_hn per step, (H, T*B)
+    size_t h0T = 0, c0T = 0;    // initial states per layer, (H, B) each
+    size_t gh = 0;              // GRU: one step's W_hh h + b_hh, (3H, B)
+    size_t bsum = 0;            // RNN/LSTM: b_ih + b_hh, (G*H)
+    size_t dG = 0, dGh = 0;     // gate gradients, (G*H, T*B); dGh is dG except for GRU
+    size_t dA = 0, dB = 0;      // gradients of a layer's output and input, (max(in, H), T*B)
+    size_t dh = 0, dc = 0;      // one step's state gradients, (H, B)
+    size_t whhT = 0;            // W_hh transposed, (H, G*H)
+    size_t keep = 0;            // (B): 1 for a sample still running at this step, 0 after its end
+    size_t tc = 0;              // (B): tanh(c) of one row, LSTM backward
+    size_t total = 0;           // 0: the sizes overflow
+};
+
+static RnnLayout rnn_layout(const Layer& L, int B) {
+    RnnLayout r;
+    const size_t T = (size_t)L.in_shape.dim[0], F = (size_t)L.in_features, H = (size_t)L.hidden_size;
+    const size_t GH = (size_t)rnn_gates(L) * H, nl = (size_t)L.num_layers, TB = T * (size_t)B;
+    const size_t fmax = F > H ? F : H;
+    size_t at = 0;
+    bool ok = true;
+    // Carves n floats, 64-byte aligned, and returns the offset.
+    auto take = [&](size_t rows, size_t cols) {
+        size_t n = 0;
+        ok = ok && size_mul(rows, cols, &n);
+        const size_t here = at;
+        ok = ok && size_add(at, gemm_round_up(n, 16), &at);
+        return here;
+    };
+    r.xT = take(F, TB);
+    for (size_t k = 0; k < nl; ++k) {
+        r.G[k] = take(GH, TB);
+        r.hs[k] = take(H, TB);
+        r.cs[k] = L.cell == RnnCell::LSTM ? take(H, TB) : 0;
+        r.hn[k] = L.cell == RnnCell::GRU ? take(H, TB) : 0;
+    }
+    r.h0T = take(nl * H, (size_t)B);
+    r.c0T = L.cell == RnnCell::LSTM ? take(nl * H, (size_t)B) : 0;
+    r.gh = L.cell == RnnCell::GRU ? take(GH, (size_t)B) : 0;
+    r.bsum = take(GH, 1);
+    r.dG = take(GH, TB);
+    r.dGh = L.cell == RnnCell::GRU ? take(GH, TB) : r.dG;
+    r.dA = take(fmax, TB);
+    r.dB = take(fmax, TB);
+    r.dh = take(H, (size_t)B);
+    r.dc = take(H, (size_t)B);
+    r.whhT = take(H, GH);
+    r.keep = take((size_t)B, 1);
+    r.tc = take((size_t)B, 1);
+    r.total = ok ? at : 0;
+    return r;
+}
+
+// GEMM packing scratch for every GEMM of a recurrent layer at batch B.
+static size_t rnn_pack_floats(const Layer& L, const Shape& in, int B) {
+    const int T = in.dim[0], H = L.hidden_size, GH = rnn_gates(L) * H, TB = T * B;
+    size_t most = 0;
+    for (int k = 0; k < L.num_layers; ++k) {
+        const int F = k == 0 ? L.in_features : H;
+        const int shapes[6][3] = {{GH, TB, F}, {GH, B, H}, {H, B, GH}, {GH, F, TB}, {GH, H, TB}, {F, TB, GH}};
+        for (const auto& s : shapes) {
+            const size_t f = gemm_pack_floats(s[0], s[1], s[2]);
+            most = f > most ? f : most;
+        }
+    }
+    return gemm_round_up(most, 16);
+}
+
+// U(-1/sqrt(hidden), 1/sqrt(hidden)) for every weight and bias, as PyTorch.
+static void rnn_init(Layer& L, Rng& rng) {
+    const float bound = 1.0f / std::sqrt((float)L.hidden_size);
+    for (int i = 0; i < L.n_params; ++i)
+        for (size_t e = 0; e < L.params[i].numel(); ++e) L.params[i].data[e] = rng.uniform(-bound, bound);
+}
+
 // Declares the parameters of a layer on input samples of shape `in`.
 static Status declare_layer_params(Layer& b, const Shape& in) {
     Status st;
     switch (b.kind) {
         case LayerKind::Dense:
-            b.in_features = in.dim[0];
+            b.in_features = in.dim[in.ndim - 1];
             b.n_params = 0;
             st = declare_param(b, "weight", make_shape({b.units, b.in_features}));
             if (st && b.use_bias) st = declare_param(b, "bias", make_shape({b.units}));
@@ -4789,6 +5215,28 @@ static Status declare_layer_params(Layer& b, const Shape& in) {
                 b.n_params = 0;
                 st = b.custom->declare(b, in);
             }
+            break;
+        case LayerKind::Recurrent: {
+            b.in_features = in.dim[1];
+            b.n_params = 0;
+            const int gh = rnn_gates(b) * b.hidden_size;
+            char name[32];
+            for (int k = 0; k < b.num_layers && st; ++k) {
+                const int fin = k == 0 ? b.in_features : b.hidden_size;
+                std::snprintf(name, sizeof name, "weight_ih_l%d", k);
+                st = declare_param(b, name, make_shape({gh, fin}));
+                std::snprintf(name, sizeof name, "weight_hh_l%d", k);
+                if (st) st = declare_param(b, name, make_shape({gh, b.hidden_size}));
+                std::snprintf(name, sizeof name, "bias_ih_l%d", k);
+                if (st) st = declare_param(b, name, make_shape({gh}));
+                std::snprintf(name, sizeof name, "bias_hh_l%d", k);
+                if (st) st = declare_param(b, name, make_shape({gh}));
+            }
+            break;
+        }
+        case LayerKind::Embedding:
+            b.n_params = 0;
+            st = declare_param(b, "weight", make_shape({b.num_embeddings, b.embedding_dim}));
             break;
         default: break;
     }
@@ -4848,6 +5296,19 @@ Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t se
         }
     }
     if (b.kind == LayerKind::Dropout) b.mask = arena.alloc_floats(rows_out, &st, b.name);
+    if (b.kind == LayerKind::Recurrent) {
+        const RnnLayout lay = rnn_layout(b, max_batch);
+        if (lay.total == 0) return errorf("%s \"%s\": scratch size overflows", b.type_name(), b.name);
+        b.scratch = arena.alloc_floats(lay.total, &st, b.name);
+        const size_t states = (size_t)b.num_layers * (size_t)max_batch * (size_t)b.hidden_size;
+        if (st) b.hn = arena.alloc_floats(states, &st, b.name);
+        if (st && b.cell == RnnCell::LSTM) b.cn = arena.alloc_floats(states, &st, b.name);
+        if (st && !b.pack && !b.pack_shared) {
+            b.pack_slots = 1;
+            b.pack_stride = rnn_pack_floats(b, in, max_batch);
+            b.pack = arena.alloc_floats(b.pack_stride, &st, b.name);
+        }
+    }
     if (!st) return st;
     b.built = true;
     b.rng.seed_with(seed ^ 0x9e3779b97f4a7c15ULL);
@@ -4856,6 +5317,9 @@ Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t se
         if (b.kind == LayerKind::Dense) dense_init(b, init_rng);
         if (b.kind == LayerKind::Conv2D) conv_init(b, init_rng);
         if (b.kind == LayerKind::BatchNorm) batchnorm_init(b);
+        if (b.kind == LayerKind::Recurrent) rnn_init(b, init_rng);
+        if (b.kind == LayerKind::Embedding)
+            for (size_t i = 0; i < b.params[0].numel(); ++i) b.params[0].data[i] = init_rng.normal();
         if (b.kind == LayerKind::Custom && b.custom->init) b.custom->init(b, init_rng);
         zero_grad(b);
     }
@@ -5021,6 +5485,267 @@ static void dense_backward_z(Layer& L, float* dx, const float* dz, const float* 
     }
 }
 
+// Rows of a Dense layer's GEMM: one per sample, or per step of each sample
+// when it is time-distributed over (T, in) samples.
+static int dense_rows(const Layer& L, int B) {
+    return B * (int)(L.in_shape.numel() / (size_t)L.in_features);
+}
+
+// --- Recurrent layers: forward and backward through time -------------------------
+
+// C (M x N, ldc) := A (M x K, lda) B (K x N, ldb) + beta C, with A and B
+// optionally transposed; the layer's packing scratch.
+static void rnn_gemm(const Layer& L, float* C, int ldc, const float* A, int lda, bool ta, const float* B, int ldb,
+                     bool tb, int M, int N, int K, float beta) {
+    GemmJob j{};
+    j.C = C, j.ldc = ldc;
+    j.A = A, j.lda = lda, j.trans_a = ta;
+    j.B = B, j.ldb = ldb, j.trans_b = tb;
+    j.M = M, j.N = N, j.K = K;
+    j.alpha = 1.0f, j.beta = beta;
+    layer_gemm(L, j);
+}
+
+// Which samples still run at step t (kernels/rnn.hpp's keep): null when all do.
+static const float* rnn_keep_mask(const Layer& L, float* buf, int t, int B) {
+    if (!L.lengths) return nullptr;
+    bool all = true;
+    for (int b = 0; b < B; ++b) {
+        buf[b] = t < L.lengths[b] ? 1.0f : 0.0f;
+        all = all && t < L.lengths[b];
+    }
+    return all ? nullptr : buf;
+}
+
+static Status rnn_check_lengths(const Layer& L, int B) {
+    const int T = L.in_shape.dim[0];
+    if (!L.lengths) return Status{};
+    for (int b = 0; b < B; ++b)
+        if (L.lengths[b] < 1 || L.lengths[b] > T)
+            return errorf("%s \"%s\": length %d of sample %d is outside 1..%d (the sequence has %d steps)",
+                          L.type_name(), L.name, (int)L.lengths[b], b, T, T);
+    return Status{};
+}
+
+// x (B, T, F) -> y (B, T, H) or (B, H); keeps every layer's gates and states
+// in scratch for backward, and the final states in hn/cn.
+static Status rnn_layer_forward(Layer& L, float* y, const float* x, int B) {
+    Status st = rnn_check_lengths(L, B);
+    if (!st) return st;
+    const RnnLayout lay = rnn_layout(L, L.max_batch);
+    float* S = L.scratch;
+    const int T = L.in_shape.dim[0], F0 = L.in_features, H = L.hidden_size, G = rnn_gates(L);
+    const int GH = G * H, TB = T * B;
+    const bool lstm = L.cell == RnnCell::LSTM, gru = L.cell == RnnCell::GRU;
+    const bool relu = L.cell == RnnCell::RnnReLU;
+    float* keep_buf = S + lay.keep;
+
+    // The input and the initial states, feature-major.
+    float* xT = S + lay.xT;
+    for (int b = 0; b < B; ++b)
+        for (int t = 0; t < T; ++t)
+            for (int f = 0; f < F0; ++f) xT[(size_t)f * TB + (size_t)t * B + b] = x[((size_t)b * T + t) * F0 + f];
+    for (int k = 0; k < L.num_layers; ++k)
+        for (int b = 0; b < B; ++b)
+            for (int j = 0; j < H; ++j) {
+                const size_t src = ((size_t)k * B + b) * H + j, dst = ((size_t)k * H + j) * B + b;
+                if (L.h0) S[lay.h0T + dst] = L.h0[src];
+                if (lstm && L.c0) S[lay.c0T + dst] = L.c0[src];
+            }
+
+    // loop over stacked layers k, bottom up
+    for (int k = 0; k < L.num_layers; ++k) {
+        const int F = k == 0 ? F0 : H;
+        const float* in = k == 0 ? xT : S + lay.hs[k - 1];
+        const float* Wih = L.params[4 * k].data;
+        const float* Whh = L.params[4 * k + 1].data;
+        const float* bih = L.params[4 * k + 2].data;
+        const float* bhh = L.params[4 * k + 3].data;
+        float* Gk = S + lay.G[k];
+        float* hs = S + lay.hs[k];
+        float* cs = lstm ? S + lay.cs[k] : nullptr;
+        const float* h0 = L.h0 ? S + lay.h0T + (size_t)k * H * B : nullptr;
+        const float* c0 = lstm && L.c0 ? S + lay.c0T + (size_t)k * H * B : nullptr;
+
+        // All steps' input projections at once: G = W_ih X, plus the biases
+        // that do not meet the reset gate (all of them but GRU's b_hn).
+        rnn_gemm(L, Gk, TB, Wih, F, false, in, TB, false, GH, TB, F, 0.0f);
+        float* bsum = S + lay.bsum;
+        for (int g = 0; g < GH; ++g) bsum[g] = bih[g] + (gru ? 0.0f : bhh[g]);
+        for (int g = 0; g < GH; ++g) add_scalar_f32(Gk + (size_t)g * TB, bsum[g], (size_t)TB);
+
+        // loop over time steps t: the recurrence
+        for (int t = 0; t < T; ++t) {
+            const float* keep = rnn_keep_mask(L, keep_buf, t, B);
+            const float* hp = t > 0 ? hs + (size_t)(t - 1) * B : h0;
+            const float* cp = t > 0 && lstm ? cs + (size_t)(t - 1) * B : c0;
+            const size_t ldp = t > 0 ? (size_t)TB : (size_t)B;
+            float* Gt = Gk + (size_t)t * B;
+            float* ht = hs + (size_t)t * B;
+            if (gru) {
+                float* gh = S + lay.gh;  // W_hh h_prev + b_hh, (3H, B)
+                if (hp) rnn_gemm(L, gh, B, Whh, H, false, hp, (int)ldp, false, GH, B, H, 0.0f);
+                else std::memset(gh, 0, (size_t)GH * B * sizeof(float));
+                for (int g = 0; g < GH; ++g)
+                    for (int b = 0; b < B; ++b) gh[(size_t)g * B + b] += bhh[g];
+                gru_cell_forward(ht, TB, Gt, TB, gh, B, S + lay.hn[k] + (size_t)t * B, hp, ldp, keep, H, B);
+                continue;
+            }
+            if (hp) rnn_gemm(L, Gt, TB, Whh, H, false, hp, (int)ldp, false, GH, B, H, 1.0f);
+            if (lstm) lstm_cell_forward(ht, cs + (size_t)t * B, TB, Gt, TB, hp, cp, ldp, keep, H, B);
+            else rnn_cell_forward(ht, TB, Gt, TB, hp, ldp, relu, keep, H, B);
+        }
+    }
+
+    // The output, batch-first; steps past a sample's length are 0.
+    const float* top = S + lay.hs[L.num_layers - 1];
+    for (int b = 0; b < B; ++b) {
+        const int len = L.lengths ? L.lengths[b] : T;
+        if (L.return_sequences) {
+            for (int t = 0; t < T; ++t)
+                for (int j = 0; j < H; ++j)
+                    y[((size_t)b * T + t) * H + j] = t < len ? top[(size_t)j * TB + (size_t)t * B + b] : 0.0f;
+        } else {
+            for (int j = 0; j < H; ++j) y[(size_t)b * H + j] = top[(size_t)j * TB + (size_t)(T - 1) * B + b];
+        }
+    }
+    // Final states: the last step's, which ended samples carried forward.
+    for (int k = 0; k < L.num_layers; ++k)
+        for (int b = 0; b < B; ++b)
+            for (int j = 0; j < H; ++j) {
+                const size_t col = (size_t)j * TB + (size_t)(T - 1) * B + b;
+                L.hn[((size_t)k * B + b) * H + j] = S[lay.hs[k] + col];
+                if (lstm) L.cn[((size_t)k * B + b) * H + j] = S[lay.cs[k] + col];
+            }
+    return Status{};
+}
+
+// dy (B, T, H) or (B, H) -> parameter gradients (+=) and dx (B, T, F) when
+// dx is not null, by backpropagation through time over what forward kept.
+static void rnn_layer_backward(Layer& L, float* dx, const float* dy, int B) {
+    const RnnLayout lay = rnn_layout(L, L.max_batch);
+    float* S = L.scratch;
+    const int T = L.in_shape.dim[0], F0 = L.in_features, H = L.hidden_size, G = rnn_gates(L);
+    const int GH = G * H, TB = T * B;
+    const bool lstm = L.cell == RnnCell::LSTM, gru = L.cell == RnnCell::GRU;
+    const bool relu = L.cell == RnnCell::RnnReLU;
+    float* keep_buf = S + lay.keep;
+    float* dOut = S + lay.dA;  // dL/d(this layer's output sequence), (H, T*B)
+    float* dIn = S + lay.dB;   // dL/d(its input sequence), (F, T*B)
+    float* dG = S + lay.dG;
+    float* dGh = S + lay.dGh;
+    float* dh = S + lay.dh;
+    float* dc = S + lay.dc;
+    float* whhT = S + lay.whhT;
+
+    // The top layer's output gradient, feature-major; 0 past each length.
+    std::memset(dOut, 0, (size_t)H * TB * sizeof(float));
+    for (int b = 0; b < B; ++b) {
+        const int len = L.lengths ? L.lengths[b] : T;
+        if (L.return_sequences) {
+            for (int t = 0; t < len; ++t)
+                for (int j = 0; j < H; ++j) dOut[(size_t)j * TB + (size_t)t * B + b] = dy[((size_t)b * T + t) * H + j];
+        } else {  // the last state is the one at step len - 1 (the steps after it only carried it)
+            for (int j = 0; j < H; ++j) dOut[(size_t)j * TB + (size_t)(len - 1) * B + b] = dy[(size_t)b * H + j];
+        }
+    }
+
+    // loop over stacked layers k, top down
+    for (int k = L.num_layers - 1; k >= 0; --k) {
+        const int F = k == 0 ? F0 : H;
+        const float* in = k == 0 ? S + lay.xT : S + lay.hs[k - 1];
+        const float* Wih = L.params[4 * k].data;
+        const float* Whh = L.params[4 * k + 1].data;
+        const float* Gk = S + lay.G[k];
+        const float* hs = S + lay.hs[k];
+        const float* cs = lstm ? S + lay.cs[k] : nullptr;
+        const float* h0 = L.h0 ? S + lay.h0T + (size_t)k * H * B : nullptr;
+        const float* c0 = lstm && L.c0 ? S + lay.c0T + (size_t)k * H * B : nullptr;
+        for (int g = 0; g < GH; ++g)  // W_hh^T, so that the step GEMM reads it in place
+            for (int j = 0; j < H; ++j) whhT[(size_t)j * GH + g] = Whh[(size_t)g * H + j];
+        std::memset(dh, 0, (size_t)H * B * sizeof(float));
+        std::memset(dc, 0, (size_t)H * B * sizeof(float));
+
+        // loop over time steps t, last first
+        for (int t = T - 1; t >= 0; --t) {
+            // Truncation: nothing flows from step t+1 into step t across a window edge.
+            if (L.bptt_window > 0 && t < T - 1 && (t + 1) % L.bptt_window == 0) {
+                std::memset(dh, 0, (size_t)H * B * sizeof(float));
+                std::memset(dc, 0, (size_t)H * B * sizeof(float));
+            }
+            for (int j = 0; j < H; ++j) add_rows_f32(dh + (size_t)j * B, dOut + (size_t)j * TB + (size_t)t * B, (size_t)B);
+            const float* keep = rnn_keep_mask(L, keep_buf, t, B);
+            const float* hp = t > 0 ? hs + (size_t)(t - 1) * B : h0;
+            const size_t ldp = t > 0 ? (size_t)TB : (size_t)B;
+            const size_t col = (size_t)t * B;
+            if (lstm) {
+                const float* cp = t > 0 ? cs + (size_t)(t - 1) * B : c0;
+                lstm_cell_backward(dG + col, TB, dh, dc, Gk + col, cs + col, TB, cp, ldp, keep, S + lay.tc, H, B);
+            } else if (gru) {
+                gru_cell_backward(dG + col, dGh + col, TB, dh, Gk + col, S + lay.hn[k] + col, TB, hp, ldp, keep, H, B);
+            } else {
+                rnn_cell_backward(dG + col, TB, dh, hs + col, TB, relu, keep, H, B);
+            }
+            // dh_{t-1} += W_hh^T dGh_t (ended samples have dGh = 0 and keep dh).
+            if (t > 0) rnn_gemm(L, dh, B, whhT, GH, false, dGh + col, TB, false, H, B, GH, 1.0f);
+        }
+
+        // The weight and bias gradients, one GEMM each over all steps.
+        rnn_gemm(L, L.grads[4 * k].data, F, dG, TB, false, in, TB, true, GH, F, TB, 1.0f);
+        if (T > 1) rnn_gemm(L, L.grads[4 * k + 1].data, H, dGh + B, TB, false, hs, TB, true, GH, H, TB - B, 1.0f);
+        if (h0) rnn_gemm(L, L.grads[4 * k + 1].data, H, dGh, TB, false, h0, B, true, GH, H, B, 1.0f);
+        float* dbih = L.grads[4 * k + 2].data;
+        float* dbhh = L.grads[4 * k + 3].data;
+        for (int g = 0; g < GH; ++g) {
+            dbih[g] += row_sum_f32(dG + (size_t)g * TB, (size_t)TB);
+            dbhh[g] += row_sum_f32(dGh + (size_t)g * TB, (size_t)TB);
+        }
+        // The input's gradient: the layer below's output gradient, or dx.
+        if (k > 0 || dx) {
+            rnn_gemm(L, dIn, TB, Wih, F, true, dG, TB, false, F, TB, GH, 0.0f);
+            float* tmp = dOut;
+            dOut = dIn;
+            dIn = tmp;
+        }
+    }
+    if (dx)  // dOut now holds dL/dx, feature-major
+        for (int b = 0; b < B; ++b)
+            for (int t = 0; t < T; ++t)
+                for (int f = 0; f < F0; ++f)
+                    dx[((size_t)b * T + t) * F0 + f] = dOut[(size_t)f * TB + (size_t)t * B + b];
+}
+
+// --- Embedding -----------------------------------------------------------------------
+
+// ids (B, T) -> y (B, T, D): a row of the table per id. Every id is checked
+// before anything is written.
+static Status embedding_forward(const Layer& L, float* y, const float* ids, int B) {
+    const size_t n = (size_t)B * L.in_shape.numel(), D = (size_t)L.embedding_dim;
+    const int T = L.in_shape.dim[0];
+    for (size_t i = 0; i < n; ++i) {
+        const float v = ids[i];
+        if (!(v >= 0.0f && v < (float)L.num_embeddings) || v != (float)(int)v)
+            return errorf("Embedding \"%s\": token id %g at sample %zu, step %zu is not a whole number in "
+                          "[0, %d) (the vocabulary)", L.name, (double)v, i / (size_t)T, i % (size_t)T,
+                          L.num_embeddings);
+    }
+    const float* W = L.params[0].data;
+    for (size_t i = 0; i < n; ++i) std::memcpy(y + i * D, W + (size_t)ids[i] * D, D * sizeof(float));
+    return Status{};
+}
+
+// dW[id] += dy for every id used; the ids themselves take no gradient.
+static void embedding_backward(Layer& L, float* dx, const float* dy, const float* ids, int B) {
+    const size_t n = (size_t)B * L.in_shape.numel(), D = (size_t)L.embedding_dim;
+    float* dW = L.grads[0].data;
+    for (size_t i = 0; i < n; ++i) {
+        float* row = dW + (size_t)ids[i] * D;
+        const float* g = dy + i * D;
+        for (size_t d = 0; d < D; ++d) row[d] += g[d];
+    }
+    if (dx) std::memset(dx, 0, n * sizeof(float));
+}
+
 // --- Image layers: geometry from the layer, then one kernel ---------------------
 
 // x (B, C_in, H, W) -> y (B, C_out, OH, OW), by kernels/conv.hpp's path.
@@ -5126,7 +5851,9 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
     const size_t n = x.numel();
     L.last_mode = mode;
     switch (L.kind) {
-        case LayerKind::Dense: dense_forward(L, y.data, x.data, B); break;
+        case LayerKind::Dense: dense_forward(L, y.data, x.data, dense_rows(L, B)); break;
+        case LayerKind::Recurrent: return rnn_layer_forward(L, y.data, x.data, B);
+        case LayerKind::Embedding: return embedding_forward(L, y.data, x.data, B);
         case LayerKind::Activation:
             if (L.passthrough) {  // the MaxPool2D after it applies the ReLU
                 if (y.data != x.data) std::memcpy(y.data, x.data, n * sizeof(float));
@@ -5177,14 +5904,23 @@ static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor&
     const size_t n_out = dy.numel();
     switch (L.kind) {
         case LayerKind::Dense: {
+            const int rows = dense_rows(L, B);
             const float* dz = dy.data;
             if (L.act != Act::None) {
-                activation_backward(L, L.scratch, dy.data, y.data, (size_t)B, (size_t)L.units);
+                activation_backward(L, L.scratch, dy.data, y.data, (size_t)rows, (size_t)L.units);
                 dz = L.scratch;
             }
-            dense_backward_z(L, dx.data, dz, x.data, B, overwrite_grads);
+            dense_backward_z(L, dx.data, dz, x.data, rows, overwrite_grads);
             break;
         }
+        case LayerKind::Recurrent:
+            if (overwrite_grads) zero_grad(L);
+            rnn_layer_backward(L, dx.data, dy.data, B);
+            break;
+        case LayerKind::Embedding:
+            if (overwrite_grads) zero_grad(L);
+            embedding_backward(L, dx.data, dy.data, x.data, B);
+            break;
         case LayerKind::Activation:
             if (L.passthrough) {  // the MaxPool2D after it masked the gradient
                 if (dx.data && dx.data != dy.data) std::memcpy(dx.data, dy.data, n_out * sizeof(float));
@@ -5237,7 +5973,7 @@ static Status backward_preact_impl(Layer& L, Tensor dx, const Tensor& dz, const 
     if (!st) return st;
     if (L.kind != LayerKind::Dense)
         return errorf("layer \"%s\" (%s): backward_preact is for Dense layers", L.name, L.type_name());
-    dense_backward_z(L, dx.data, dz.data, x.data, x.shape.dim[0], overwrite_grads);
+    dense_backward_z(L, dx.data, dz.data, x.data, dense_rows(L, x.shape.dim[0]), overwrite_grads);
     return Status{};
 }
 
@@ -6836,7 +7572,13 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
         Shape out;
         if (!(st = output_shape(L, in, &out))) return st;
         size_t need = 0;
-        if (L.kind == LayerKind::Dense) need = dense_pack_floats((int)in.numel(), L.units, o.max_batch);
+        if (L.kind == LayerKind::Dense)
+            need = dense_pack_floats(in.dim[in.ndim - 1], L.units, o.max_batch * (int)(in.ndim == 2 ? in.dim[0] : 1));
+        if (L.kind == LayerKind::Recurrent) {
+            Layer probe = L;  // rnn_pack_floats needs the sizes build() derives
+            probe.in_features = in.dim[1];
+            need = rnn_pack_floats(probe, in, o.max_batch);
+        }
         if (L.kind == LayerKind::Conv2D) {
             Conv2dGeom g;
             if (!(st = conv_geometry(L, in, o.max_batch, &g))) return st;
@@ -6966,6 +7708,13 @@ Status Model::compile(const CompileOptions& opt) {
     size_t need = 0;
     Status st = measure_bytes(*this, opt, &need);
     if (!st) return st;
+    const Shape out = output_shape();
+    if (loss_takes_labels(opt.loss.kind) && out.ndim > 1) {
+        char buf[64];
+        return errorf("model: loss %s takes one class label per sample, but the model outputs %s per sample; "
+                      "for a label per step, run the layers yourself and call softmax_cross_entropy on a "
+                      "(B * steps, classes) view", loss_name(opt.loss.kind), shape_str(out, buf, sizeof buf));
+    }
     if (opt.arena_buffer) {
         uintptr_t p = reinterpret_cast<uintptr_t>(opt.arena_buffer);
         size_t skip = (kArenaAlign - p % kArenaAlign) % kArenaAlign;
@@ -8736,6 +9485,7 @@ static bool layer_keeps_forward_state(const Layer& L, Mode mode) {
     switch (L.kind) {
         case LayerKind::Dropout: return mode == Mode::Train && L.rate > 0.0f;
         case LayerKind::MaxPool2D:
+        case LayerKind::Recurrent:
         case LayerKind::Custom: return true;
         case LayerKind::BatchNorm: return mode == Mode::Train;
         default: return false;
