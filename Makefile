@@ -34,7 +34,7 @@ CXXFLAGS_ALL = $(STD) $(OPT) $(ARCH) $(WARN) $(DEFS) -I. $(EXTRA)
 
 LIB_SRC   = nn_impl.cpp
 LIB_DEPS  = nn.hpp $(wildcard kernels/*.hpp)
-EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer lenet_fashion convnet_fashion cifar_cnn autograd_nnkit autograd_circles sine_rnn char_lm
+EXAMPLES  = mlp_fashion mlp_explicit spirals custom_layer lenet_fashion convnet_fashion cifar_cnn autograd_nnkit autograd_circles sine_rnn char_lm firmware_infer
 TEST_SRC  = $(wildcard tests/test_*.cpp) tests/main.cpp
 BENCH_SRC = $(wildcard bench/bench_*.cpp)
 
@@ -45,7 +45,7 @@ FASHION   = /usr/share/datasets/fashion-mnist
 
 .PHONY: all lib examples test test-san demo deps bench bench-peers dist test-dist help clean
 
-all: lib examples
+all: lib examples $(BUILD)/nn-export
 
 help:
 	@echo "make           library object and examples into $(BUILD)/"
@@ -61,6 +61,9 @@ help:
 	@echo "make test-arm  the suite for arm64, armhf (NEON) and armv6 (scalar) under qemu-user"
 	@echo "               (test-arm64, test-armhf, test-armv6; installs cross compilers via deps-arm)"
 	@echo "make size      object and static-program sizes per target into $(BUILD)/size/ (tools/size.sh)"
+	@echo "make fuzz      libFuzzer on the safetensors, IDX, CSV and CIFAR readers, FUZZ_SECONDS each"
+	@echo "               (make fuzz-deps installs clang and its runtime)"
+	@echo "make firmware-header  regenerate examples/firmware_mlp.hpp with build/nn-export"
 	@echo "make deps      apt-get install $(DEPS_PKGS)"
 
 lib: $(BUILD)/nn_impl.o
@@ -73,6 +76,22 @@ examples: $(addprefix $(BUILD)/,$(EXAMPLES))
 
 $(BUILD)/%: examples/%.cpp examples/common.hpp examples/alloc_counter.hpp $(BUILD)/nn_impl.o
 	$(CXX) $(CXXFLAGS_ALL) $< $(BUILD)/nn_impl.o -o $@ $(LIBS)
+
+$(BUILD)/firmware_infer: examples/firmware_mlp.hpp
+
+# nn-export: a model file into a C header of const arrays and a layer table
+# (examples/firmware_infer.cpp runs one with no file system and no heap).
+$(BUILD)/nn-export: tools/nn_export.cpp $(BUILD)/nn_impl.o
+	$(CXX) $(CXXFLAGS_ALL) $< $(BUILD)/nn_impl.o -o $@ $(LIBS)
+
+$(BUILD)/firmware_model: tools/firmware_model.cpp $(BUILD)/nn_impl.o
+	$(CXX) $(CXXFLAGS_ALL) $< $(BUILD)/nn_impl.o -o $@ $(LIBS)
+
+# Regenerates the checked-in examples/firmware_mlp.hpp (seeded: the same bytes).
+.PHONY: firmware-header
+firmware-header: $(BUILD)/nn-export $(BUILD)/firmware_model
+	$(abspath $(BUILD))/firmware_model $(BUILD)/firmware_mlp.safetensors
+	$(abspath $(BUILD))/nn-export $(BUILD)/firmware_mlp.safetensors examples/firmware_mlp.hpp --name firmware_mlp
 
 $(BUILD)/nn_tests: $(TEST_SRC) $(wildcard tests/*.inc) $(wildcard tests/*.hpp) examples/alloc_counter.hpp $(BUILD)/nn_impl.o
 	$(CXX) $(CXXFLAGS_ALL) $(TEST_SRC) $(BUILD)/nn_impl.o -o $@ -lgtest $(LIBS)
@@ -146,6 +165,9 @@ dist: nn.hpp nn_impl.cpp $(wildcard kernels/*.hpp) tools/amalgamate.sh
 test-dist:
 	CXX="$(CXX)" FLAGS="$(STD) $(OPT) $(ARCH) $(WARN) $(EXTRA)" DEFS="$(DEFS)" LIBS="$(LIBS)" \
 	  sh tests/dist_test.sh
+
+# Fuzzing the file readers with libFuzzer (clang): fuzz/fuzz.mk.
+include fuzz/fuzz.mk
 
 clean:
 	rm -rf $(BUILD)

@@ -95,6 +95,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <initializer_list>
+#include <string>
+#include <utility>
 #include <vector>
 
 #ifndef NN_ASSERT
@@ -286,6 +288,7 @@ struct CustomLayerOps {
 struct Layer {
     LayerKind kind = LayerKind::Activation;
     char name[32] = {0};  // "dense", "dense_1", ... when empty at add()
+    bool user_named = false;  // the name was given, not made by add(): files use it
 
     // Activation (its own layer, or fused into Dense's output).
     Act act = Act::None;
@@ -698,6 +701,15 @@ struct FitOptions {
     FILE* out = nullptr;                   // progress stream (stdout)
     // Called after every training step (Keras's on_train_batch_end).
     void (*on_batch_end)(void* user, int epoch, int64_t step, float loss) = nullptr;
+    // Checkpoints (safetensors, written atomically): after every
+    // checkpoint_every epochs, the model, the optimizer's state, the epochs
+    // done and every random-number state (shuffling, dropout) go to
+    // checkpoint_path. resume_from continues a run from such a file: the
+    // epochs it holds count toward `epochs`, and the result is bit-identical
+    // to the run that was never interrupted (same data and options).
+    const char* checkpoint_path = nullptr;
+    int checkpoint_every = 1;
+    const char* resume_from = nullptr;
     void* user = nullptr;
 };
 
@@ -774,6 +786,87 @@ struct Model {
     int n_params(Param* out, int cap);  // all parameters, in layer order
     size_t param_count(bool trainable_only) const;
 };
+
+// ===========================================================================
+// Files: safetensors, the PyTorch ecosystem's pickle-free weight format.
+// ===========================================================================
+// A file is: 8 bytes little-endian N, N bytes of UTF-8 JSON header
+// {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
+//  "__metadata__": {"key": "value"}}, padded with spaces to a multiple of
+// 8, then the data section, every byte of it covered by exactly one tensor.
+// The reader checks all of that and rejects anything else with an error
+// that names the file, the tensor and the numbers (tests/test_files.cpp has
+// one test per rule).
+enum class DType : uint8_t { F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL };
+const char* dtype_name(DType t);
+size_t dtype_size(DType t);
+
+struct StEntry {  // one tensor of a file
+    std::string name;
+    DType dtype = DType::F32;
+    int ndim = 0;
+    uint64_t shape[8] = {0};
+    uint64_t begin = 0, end = 0;  // byte range in the data section
+    size_t numel() const;
+};
+
+struct SafeTensors {
+    std::vector<uint8_t> bytes;  // the whole file
+    size_t data_start = 0;       // 8 + header length
+    std::vector<StEntry> entries;  // in the header's order
+    std::vector<std::pair<std::string, std::string>> metadata;
+    const StEntry* find(const char* name) const;
+    const char* meta(const char* key) const;  // null when absent
+    // The entry's values as float32: F32 as stored; F16, BF16, F64 and I64
+    // converted. count must equal the entry's element count.
+    Status to_f32(const StEntry& e, float* out, size_t count) const;
+};
+// Validates and indexes a file held in memory (copied); `what` names it in errors.
+Status safetensors_parse(const uint8_t* data, size_t size, const char* what, SafeTensors* out);
+Status safetensors_load(const char* path, SafeTensors* out);
+
+struct StWriter {
+    struct Item {
+        std::string name;
+        DType dtype = DType::F32;
+        std::vector<uint64_t> shape;
+        const void* data = nullptr;  // must stay valid until write()
+        size_t bytes = 0;
+    };
+    std::vector<Item> items;
+    std::vector<std::pair<std::string, std::string>> metadata;
+    void add_f32(const char* name, const Shape& s, const float* data);
+    void add(const char* name, DType t, std::initializer_list<uint64_t> shape, const void* data);
+    void add_meta(const char* key, const char* value);
+    // Writes atomically: path.tmp, flushed and synced, renamed over path. On
+    // any error (a duplicate name, a full disk) path is left as it was and
+    // the message names the file.
+    Status write(const char* path) const;
+};
+// Test hook: the next writes fail once this many bytes have gone to disk,
+// as a full disk would (-1: off). Only for testing the atomic write.
+void set_write_fault_after(long long bytes);
+
+// A model's file: every parameter and buffer under PyTorch's state_dict
+// names ("0.weight", "3.bias", or "<name>.weight" for a layer given a name;
+// BatchNorm adds "num_batches_tracked" as I64) and the architecture in
+// __metadata__ ("nn.architecture"), so that load_model rebuilds it from the
+// file alone. The model must be compiled.
+Status save(Model& m, const char* path);
+// Loads a file's tensors into a compiled model with the same names and
+// shapes; every mismatch (missing, unexpected, wrong shape) is reported by
+// tensor name, and on any error the model is left unchanged.
+Status load_weights(Model& m, const char* path);
+// Rebuilds the layers from the file's architecture, compiles with `opt`,
+// then loads the weights.
+Status load_model(const char* path, const CompileOptions& opt, Model* out);
+// A checkpoint: the model file plus the optimizer's state and step counts
+// ("optimizer.<tensor>.state0".., "optimizer.<tensor>.step") and the
+// model's random-number states. load_checkpoint restores all of it into a
+// compiled model of the same architecture and optimizer, or changes nothing.
+// FitOptions::checkpoint_path / resume_from also keep fit's shuffling state.
+Status save_checkpoint(Model& m, const char* path);
+Status load_checkpoint(Model& m, const char* path);
 
 // ===========================================================================
 // Gradient checking: central differences against the analytic backward.

@@ -4262,6 +4262,7 @@ inline void gru_cell_backward(float* dGx, float* dGh, size_t ldg, float* dh, con
 #endif  // NN_DIST_KERNELS_PASTED
 #ifndef NN_KERNELS_ONLY
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -7518,6 +7519,7 @@ Status Model::add(Layer layer) {
         return error;
     }
     if (!layer.name[0]) auto_name(layers, layer);
+    else layer.user_named = true;
     if (layers.empty() && input.ndim == 0) {
         if (layer.kind == LayerKind::Dense && layer.in_features > 0) {
             input = make_shape({layer.in_features});
@@ -8120,6 +8122,14 @@ struct Progress {
     }
 };
 
+// Checkpoints, with fit's shuffling state (see "Checkpoints" below).
+struct FitState {
+    int epochs_done = 0;
+    const BatchIterator* it = nullptr;
+};
+static Status write_checkpoint(Model& m, const FitState& fs, const char* path);
+static Status read_checkpoint(Model& m, const char* path, BatchIterator* it, int* epochs_done);
+
 Status Model::fit(const Dataset& train, const FitOptions& o) {
     Status st = check_dataset(*this, train, "fit");
     if (!st) return st;
@@ -8147,9 +8157,19 @@ Status Model::fit(const Dataset& train, const FitOptions& o) {
         val_first = n_train;
         val = &train;
     }
+    if (o.checkpoint_path && o.checkpoint_every < 1)
+        return errorf("model: fit checkpoint_every must be >= 1 (got %d)", o.checkpoint_every);
     BatchIterator it;
     st = it.init(0, n_train, o.batch_size, o.shuffle, o.seed);
     if (!st) return st;
+    int first_epoch = 0;
+    if (o.resume_from) {
+        st = read_checkpoint(*this, o.resume_from, &it, &first_epoch);
+        if (!st) return errorf("model: fit cannot resume: %s", st.message());
+        if (first_epoch >= o.epochs)
+            return errorf("model: fit resumes from %s after %d epochs; epochs = %d leaves nothing to do", o.resume_from,
+                          first_epoch, o.epochs);
+    }
     history.epochs.reserve(history.epochs.size() + (size_t)o.epochs);
 
     const Metric k = resolve_metric(*this, train);
@@ -8167,7 +8187,7 @@ Status Model::fit(const Dataset& train, const FitOptions& o) {
 #ifndef NN_NO_FTZ
     const uint64_t fp_state = flush_denormals();
 #endif
-    for (int e = 0; e < o.epochs && st; ++e) {
+    for (int e = first_epoch; e < o.epochs && st; ++e) {
         if (o.verbose == 1) std::fprintf(bar.out, "Epoch %d/%d\n", e + 1, o.epochs);
         it.start_epoch();
         bar.start = bar.last_print = now_seconds();
@@ -8224,6 +8244,13 @@ Status Model::fit(const Dataset& train, const FitOptions& o) {
             }
             std::fputc('\n', bar.out);
             std::fflush(bar.out);
+        }
+        if (o.checkpoint_path && ((e + 1) % o.checkpoint_every == 0 || e + 1 == o.epochs)) {
+            FitState fs;
+            fs.epochs_done = e + 1;
+            fs.it = &it;
+            st = write_checkpoint(*this, fs, o.checkpoint_path);
+            if (!st) st = errorf("model: fit stopped after epoch %d: %s", e + 1, st.message());
         }
     }
 #ifndef NN_NO_FTZ
@@ -8322,6 +8349,1177 @@ void Model::summary(FILE* out) const {
         std::fprintf(out, "Arena: %s bytes at max batch %d\n", thousands(num, sizeof num, bytes), mb);
     std::fprintf(out, "%s\n", rule);
 }
+// ===========================================================================
+// Files: safetensors reader and writer, model files.
+// ===========================================================================
+
+const char* dtype_name(DType t) {
+    switch (t) {
+        case DType::F32: return "F32";
+        case DType::F16: return "F16";
+        case DType::BF16: return "BF16";
+        case DType::F64: return "F64";
+        case DType::I64: return "I64";
+        case DType::I32: return "I32";
+        case DType::I16: return "I16";
+        case DType::I8: return "I8";
+        case DType::U8: return "U8";
+        case DType::BOOL: return "BOOL";
+    }
+    return "?";
+}
+
+size_t dtype_size(DType t) {
+    switch (t) {
+        case DType::F64:
+        case DType::I64: return 8;
+        case DType::F32:
+        case DType::I32: return 4;
+        case DType::F16:
+        case DType::BF16:
+        case DType::I16: return 2;
+        case DType::I8:
+        case DType::U8:
+        case DType::BOOL: return 1;
+    }
+    return 0;
+}
+
+static bool dtype_from_name(const std::string& s, DType* out) {
+    static const DType all[] = {DType::F32, DType::F16, DType::BF16, DType::F64, DType::I64,
+                                DType::I32, DType::I16, DType::I8,   DType::U8,  DType::BOOL};
+    for (DType t : all)
+        if (s == dtype_name(t)) {
+            *out = t;
+            return true;
+        }
+    return false;
+}
+
+size_t StEntry::numel() const {
+    size_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= (size_t)shape[i];
+    return n;
+}
+
+const StEntry* SafeTensors::find(const char* name) const {
+    for (const StEntry& e : entries)
+        if (e.name == name) return &e;
+    return nullptr;
+}
+
+const char* SafeTensors::meta(const char* key) const {
+    for (const auto& kv : metadata)
+        if (kv.first == key) return kv.second.c_str();
+    return nullptr;
+}
+
+// --- The header's JSON: a strict reader for exactly the safetensors schema ------
+
+constexpr uint64_t kStMaxHeader = 100ull << 20;  // 100 MB, as the reference implementation
+constexpr int kStMaxDims = 8;
+
+// Well-formed UTF-8 (no overlong forms, no surrogates, at most U+10FFFF).
+static bool utf8_valid(const uint8_t* s, size_t n, size_t* bad) {
+    size_t i = 0;
+    while (i < n) {
+        const uint8_t c = s[i];
+        size_t len;
+        uint32_t cp;
+        if (c < 0x80) { ++i; continue; }
+        else if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F;
+        else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F;
+        else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07;
+        else { *bad = i; return false; }
+        if (i + len > n) { *bad = i; return false; }
+        for (size_t k = 1; k < len; ++k) {
+            if ((s[i + k] & 0xC0) != 0x80) { *bad = i; return false; }
+            cp = cp << 6 | (s[i + k] & 0x3F);
+        }
+        const uint32_t min = len == 2 ? 0x80 : (len == 3 ? 0x800 : 0x10000);
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) { *bad = i; return false; }
+        i += len;
+    }
+    return true;
+}
+
+struct StParser {
+    const char* s;
+    size_t n, i = 0;
+    const char* what;
+    Status err;
+
+    bool fail(const char* fmt, const char* a = "", const char* b = "") {
+        if (err.ok()) {
+            char m[200];
+            std::snprintf(m, sizeof m, fmt, a, b);
+            err = errorf("safetensors %s: %s (header byte %zu)", what, m, i);
+        }
+        return false;
+    }
+    void ws() {
+        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) ++i;
+    }
+    bool expect(char c) {
+        ws();
+        if (i < n && s[i] == c) {
+            ++i;
+            return true;
+        }
+        char want[2] = {c, 0};
+        return fail("invalid JSON: expected '%s'", want);
+    }
+    bool peek(char c) {
+        ws();
+        return i < n && s[i] == c;
+    }
+    static void put_utf8(std::string& o, uint32_t cp) {
+        if (cp < 0x80) o += (char)cp;
+        else if (cp < 0x800) o += (char)(0xC0 | cp >> 6), o += (char)(0x80 | (cp & 0x3F));
+        else if (cp < 0x10000)
+            o += (char)(0xE0 | cp >> 12), o += (char)(0x80 | ((cp >> 6) & 0x3F)), o += (char)(0x80 | (cp & 0x3F));
+        else
+            o += (char)(0xF0 | cp >> 18), o += (char)(0x80 | ((cp >> 12) & 0x3F)),
+                o += (char)(0x80 | ((cp >> 6) & 0x3F)), o += (char)(0x80 | (cp & 0x3F));
+    }
+    bool hex4(uint32_t* v) {
+        if (i + 4 > n) return fail("invalid JSON: a \\u escape is cut short");
+        *v = 0;
+        for (int k = 0; k < 4; ++k) {
+            const char c = s[i++];
+            const int d = c >= '0' && c <= '9' ? c - '0' : (c >= 'a' && c <= 'f' ? c - 'a' + 10 : (c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1));
+            if (d < 0) return fail("invalid JSON: bad hex digit in a \\u escape");
+            *v = *v << 4 | (uint32_t)d;
+        }
+        return true;
+    }
+    bool string(std::string* out) {
+        if (!expect('"')) return false;
+        out->clear();
+        while (i < n) {
+            const char c = s[i++];
+            if (c == '"') return true;
+            if ((unsigned char)c < 0x20) return fail("invalid JSON: a control character inside a string");
+            if (c != '\\') {
+                *out += c;
+                continue;
+            }
+            if (i >= n) break;
+            const char e = s[i++];
+            switch (e) {
+                case '"': *out += '"'; break;
+                case '\\': *out += '\\'; break;
+                case '/': *out += '/'; break;
+                case 'b': *out += '\b'; break;
+                case 'f': *out += '\f'; break;
+                case 'n': *out += '\n'; break;
+                case 'r': *out += '\r'; break;
+                case 't': *out += '\t'; break;
+                case 'u': {
+                    uint32_t cp;
+                    if (!hex4(&cp)) return false;
+                    if (cp >= 0xD800 && cp <= 0xDBFF) {  // a surrogate pair
+                        uint32_t lo;
+                        if (i + 2 > n || s[i] != '\\' || s[i + 1] != 'u')
+                            return fail("invalid JSON: a lone high surrogate in a \\u escape");
+                        i += 2;
+                        if (!hex4(&lo)) return false;
+                        if (lo < 0xDC00 || lo > 0xDFFF) return fail("invalid JSON: a bad low surrogate");
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                        return fail("invalid JSON: a lone low surrogate in a \\u escape");
+                    }
+                    put_utf8(*out, cp);
+                    break;
+                }
+                default: return fail("invalid JSON: unknown escape in a string");
+            }
+        }
+        return fail("invalid JSON: a string is not closed");
+    }
+    // A JSON number that must be a whole number in [0, 2^64): else an entry error.
+    bool uint(uint64_t* v, const char* field, const char* name) {
+        ws();
+        const size_t start = i;
+        if (i < n && s[i] == '-') ++i;
+        while (i < n && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == 'e' || s[i] == 'E' || s[i] == '+' ||
+                         s[i] == '-'))
+            ++i;
+        if (i == start) {
+            // Another JSON value (a string, an array...) is a schema error; anything else bad JSON.
+            const bool value = i < n && (s[i] == '"' || s[i] == '[' || s[i] == '{' || s[i] == 't' || s[i] == 'f' ||
+                                         s[i] == 'n');
+            if (value) return fail("entry \"%s\": \"%s\" must hold whole numbers", name, field);
+            return fail("invalid JSON: expected a number in \"%s\" of entry \"%s\"", field, name);
+        }
+        uint64_t r = 0;
+        for (size_t k = start; k < i; ++k) {
+            const char c = s[k];
+            if (c < '0' || c > '9')
+                return fail("entry \"%s\": \"%s\" holds a number that is not a whole number >= 0", name, field);
+            if (k > start && s[start] == '0')
+                return fail("invalid JSON: a number with a leading zero in entry \"%s\"", name);
+            if (r > (UINT64_MAX - (uint64_t)(c - '0')) / 10)
+                return fail("entry \"%s\": a number in \"%s\" overflows 64 bits", name, field);
+            r = r * 10 + (uint64_t)(c - '0');
+        }
+        *v = r;
+        return true;
+    }
+    // [u, u, ...] into v (at most cap), count in *len.
+    bool uint_array(uint64_t* v, int cap, int* len, const char* field, const char* name) {
+        ws();
+        if (!(i < n && s[i] == '['))
+            return fail("entry \"%s\": \"%s\" must be an array of whole numbers", name, field);
+        ++i;
+        *len = 0;
+        if (peek(']')) {
+            ++i;
+            return true;
+        }
+        for (;;) {
+            uint64_t x;
+            if (!uint(&x, field, name)) return false;
+            if (*len >= cap) return fail("entry \"%s\": \"%s\" has too many numbers", name, field);
+            v[(*len)++] = x;
+            if (peek(',')) {
+                ++i;
+                continue;
+            }
+            return expect(']');
+        }
+    }
+};
+
+static bool st_parse_entry(StParser& p, StEntry* e) {
+    const char* nm = e->name.c_str();
+    p.ws();
+    if (!(p.i < p.n && p.s[p.i] == '{')) return p.fail("entry \"%s\": must be an object", nm);
+    ++p.i;
+    bool have_dtype = false, have_shape = false, have_offsets = false;
+    std::string key, val;
+    if (p.peek('}')) return p.fail("entry \"%s\": has no dtype, shape or data_offsets", nm);
+    for (;;) {
+        if (!p.string(&key)) return false;
+        if (!p.expect(':')) return false;
+        if (key == "dtype") {
+            if (have_dtype) return p.fail("duplicate key \"dtype\" in entry \"%s\"", nm);
+            have_dtype = true;
+            p.ws();
+            if (!(p.i < p.n && p.s[p.i] == '"')) return p.fail("entry \"%s\": dtype must be a string", nm);
+            if (!p.string(&val)) return false;
+            if (!dtype_from_name(val, &e->dtype))
+                return p.fail("entry \"%s\": unknown dtype \"%s\"", nm, val.c_str());
+        } else if (key == "shape") {
+            if (have_shape) return p.fail("duplicate key \"shape\" in entry \"%s\"", nm);
+            have_shape = true;
+            if (!p.uint_array(e->shape, kStMaxDims, &e->ndim, "shape", nm)) return false;
+        } else if (key == "data_offsets") {
+            if (have_offsets) return p.fail("duplicate key \"data_offsets\" in entry \"%s\"", nm);
+            have_offsets = true;
+            uint64_t off[2];
+            int len = 0;
+            if (!p.uint_array(off, 2, &len, "data_offsets", nm)) return false;
+            if (len != 2) return p.fail("entry \"%s\": data_offsets must be [begin, end]", nm);
+            e->begin = off[0], e->end = off[1];
+        } else {
+            return p.fail("entry \"%s\": unknown field \"%s\"", nm, key.c_str());
+        }
+        if (p.peek(',')) {
+            ++p.i;
+            continue;
+        }
+        if (!p.expect('}')) return false;
+        break;
+    }
+    if (!have_dtype || !have_shape || !have_offsets)
+        return p.fail("entry \"%s\": needs dtype, shape and data_offsets", nm);
+    return true;
+}
+
+static bool st_parse_metadata(StParser& p, SafeTensors* out) {
+    p.ws();
+    if (!(p.i < p.n && p.s[p.i] == '{')) return p.fail("__metadata__ must be an object of strings");
+    ++p.i;
+    if (p.peek('}')) {
+        ++p.i;
+        return true;
+    }
+    std::string key, val;
+    for (;;) {
+        if (!p.string(&key)) return false;
+        if (!p.expect(':')) return false;
+        p.ws();
+        if (!(p.i < p.n && p.s[p.i] == '"'))
+            return p.fail("metadata value of \"%s\" is not a string (safetensors metadata maps strings to strings)",
+                          key.c_str());
+        if (!p.string(&val)) return false;
+        for (const auto& kv : out->metadata)
+            if (kv.first == key) return p.fail("duplicate key \"%s\" in __metadata__", key.c_str());
+        out->metadata.emplace_back(key, val);
+        if (p.peek(',')) {
+            ++p.i;
+            continue;
+        }
+        return p.expect('}');
+    }
+}
+
+// Validates data[0..size) and fills out's entries, metadata and data_start
+// (not its bytes).
+static Status st_parse(const uint8_t* data, size_t size, const char* what, SafeTensors* out) {
+    if (!what) what = "(memory)";
+    if (!data && size) return errorf("safetensors %s: no data", what);
+    if (size < 8) return errorf("safetensors %s: file is %zu bytes, shorter than 8 bytes (the header length)", what, size);
+    uint64_t hlen = 0;
+    for (int k = 7; k >= 0; --k) hlen = hlen << 8 | data[k];
+    if (hlen > kStMaxHeader)
+        return errorf("safetensors %s: header length %llu is over the 100 MB limit", what, (unsigned long long)hlen);
+    if (hlen > size - 8)
+        return errorf("safetensors %s: header length %llu runs beyond the end of the %zu-byte file", what,
+                      (unsigned long long)hlen, size);
+    const uint8_t* h = data + 8;
+    size_t bad = 0;
+    if (!utf8_valid(h, (size_t)hlen, &bad))
+        return errorf("safetensors %s: header is not valid UTF-8 (at header byte %zu)", what, bad);
+    SafeTensors st;
+    StParser p{reinterpret_cast<const char*>(h), (size_t)hlen, 0, what, Status{}};
+    std::string key;
+    bool have_meta = false;
+    if (!p.expect('{')) return p.err;
+    if (p.peek('}')) {
+        ++p.i;
+    } else {
+        for (;;) {
+            if (!p.string(&key)) return p.err;
+            if (!p.expect(':')) return p.err;
+            if (key == "__metadata__") {
+                if (have_meta) return (p.fail("duplicate key \"__metadata__\""), p.err);
+                have_meta = true;
+                if (!st_parse_metadata(p, &st)) return p.err;
+            } else {
+                StEntry e;
+                e.name = key;
+                if (!st_parse_entry(p, &e)) return p.err;
+                st.entries.push_back(std::move(e));
+            }
+            if (p.peek(',')) {
+                ++p.i;
+                continue;
+            }
+            if (!p.expect('}')) return p.err;
+            break;
+        }
+    }
+    p.ws();
+    if (p.i != p.n) return (p.fail("invalid JSON: text after the header's object"), p.err);
+
+    // Names are unique: sorted, neighbours differ.
+    const size_t count = st.entries.size();
+    std::vector<uint32_t> order(count);
+    for (size_t k = 0; k < count; ++k) order[k] = (uint32_t)k;
+    std::sort(order.begin(), order.end(),
+              [&](uint32_t a, uint32_t b) { return st.entries[a].name < st.entries[b].name; });
+    for (size_t k = 1; k < count; ++k)
+        if (st.entries[order[k]].name == st.entries[order[k - 1]].name)
+            return errorf("safetensors %s: duplicate key \"%s\" in the header", what,
+                          st.entries[order[k]].name.c_str());
+    // Sizes: shape x dtype, without overflow, and the offsets that hold them.
+    const uint64_t data_size = size - 8 - hlen;
+    for (const StEntry& e : st.entries) {
+        size_t elems = 1, bytes = 0;
+        for (int d = 0; d < e.ndim; ++d)
+            if (e.shape[d] > SIZE_MAX || !size_mul(elems, (size_t)e.shape[d], &elems))
+                return errorf("safetensors %s: tensor \"%s\": the shape's element count overflows", what, e.name.c_str());
+        if (!size_mul(elems, dtype_size(e.dtype), &bytes))
+            return errorf("safetensors %s: tensor \"%s\": %zu elements of %s: the byte count overflows", what,
+                          e.name.c_str(), elems, dtype_name(e.dtype));
+        if (e.end < e.begin)
+            return errorf("safetensors %s: tensor \"%s\": data_offsets run backwards [%llu, %llu]", what,
+                          e.name.c_str(), (unsigned long long)e.begin, (unsigned long long)e.end);
+        if (e.end - e.begin != (uint64_t)bytes)
+            return errorf("safetensors %s: tensor \"%s\": data_offsets [%llu, %llu] hold %llu bytes, shape x dtype "
+                          "needs %zu", what, e.name.c_str(), (unsigned long long)e.begin, (unsigned long long)e.end,
+                          (unsigned long long)(e.end - e.begin), bytes);
+        if (e.end > data_size)
+            return errorf("safetensors %s: tensor \"%s\": data_offsets end at %llu, beyond the end of the %llu-byte "
+                          "data section", what, e.name.c_str(), (unsigned long long)e.end,
+                          (unsigned long long)data_size);
+    }
+    // Coverage: in order of position, each tensor starts where the last ended.
+    std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+        const StEntry &x = st.entries[a], &y = st.entries[b];
+        return x.begin != y.begin ? x.begin < y.begin : x.end < y.end;
+    });
+    uint64_t pos = 0;
+    const char* prev = "";
+    for (uint32_t k : order) {
+        const StEntry& e = st.entries[k];
+        if (e.begin < pos)
+            return errorf("safetensors %s: tensor \"%s\" [%llu, %llu] overlaps tensor \"%s\" (which ends at %llu)",
+                          what, e.name.c_str(), (unsigned long long)e.begin, (unsigned long long)e.end, prev,
+                          (unsigned long long)pos);
+        if (e.begin > pos)
+            return errorf("safetensors %s: a gap of %llu bytes before tensor \"%s\" (bytes %llu to %llu are no "
+                          "tensor's)", what, (unsigned long long)(e.begin - pos), e.name.c_str(),
+                          (unsigned long long)pos, (unsigned long long)e.begin);
+        pos = e.end;
+        prev = e.name.c_str();
+    }
+    if (pos != data_size)
+        return errorf("safetensors %s: %llu trailing bytes after the last tensor (data section %llu bytes)", what,
+                      (unsigned long long)(data_size - pos), (unsigned long long)data_size);
+    st.data_start = 8 + (size_t)hlen;
+    *out = std::move(st);
+    return Status{};
+}
+
+Status safetensors_parse(const uint8_t* data, size_t size, const char* what, SafeTensors* out) {
+    SafeTensors st;
+    Status s = st_parse(data, size, what, &st);
+    if (!s) return s;
+    st.bytes.assign(data, data + size);
+    *out = std::move(st);
+    return Status{};
+}
+
+static Status read_whole_file(const char* path, std::vector<uint8_t>* out) {
+    FILE* f = std::fopen(path, "rb");
+    if (!f) return errorf("%s: cannot open: %s", path, std::strerror(errno));
+    std::vector<uint8_t> buf;
+    // One read of the whole file when its size is known; chunks otherwise (a pipe).
+    if (std::fseek(f, 0, SEEK_END) == 0) {
+        const long end = std::ftell(f);
+        if (end > 0 && std::fseek(f, 0, SEEK_SET) == 0) {
+            buf.resize((size_t)end);
+            buf.resize(std::fread(buf.data(), 1, buf.size(), f));
+        }
+        std::fseek(f, (long)buf.size(), SEEK_SET);
+    }
+    uint8_t chunk[1 << 16];
+    size_t got;
+    while ((got = std::fread(chunk, 1, sizeof chunk, f)) > 0) buf.insert(buf.end(), chunk, chunk + got);
+    const bool err = std::ferror(f) != 0;
+    std::fclose(f);
+    if (err) return errorf("%s: read error", path);
+    *out = std::move(buf);
+    return Status{};
+}
+
+Status safetensors_load(const char* path, SafeTensors* out) {
+    std::vector<uint8_t> bytes;
+    Status st = read_whole_file(path, &bytes);
+    if (!st) return errorf("safetensors %s", st.message());
+    SafeTensors f;
+    if (!(st = st_parse(bytes.data(), bytes.size(), path, &f))) return st;
+    f.bytes = std::move(bytes);  // parsed in place: no copy of the data
+    *out = std::move(f);
+    return Status{};
+}
+
+// IEEE half to float, subnormals, infinities and NaN included.
+static float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h >> 15) << 31;
+    const int exp = (h >> 10) & 0x1F;
+    const uint32_t man = h & 0x3FF;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {  // subnormal: m * 2^-24
+            const float v = (float)man * 5.9604644775390625e-8f;
+            return sign ? -v : v;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000u | (man << 13);
+    } else {
+        bits = sign | (uint32_t)(exp - 15 + 127) << 23 | man << 13;
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+Status SafeTensors::to_f32(const StEntry& e, float* out, size_t count) const {
+    if (count != e.numel())
+        return errorf("safetensors: tensor \"%s\" has %zu elements, asked for %zu", e.name.c_str(), e.numel(), count);
+    const uint8_t* p = bytes.data() + data_start + e.begin;
+    // Files are little-endian, as are the targets nn builds for.
+    if (e.dtype == DType::F32) {
+        if (count) std::memcpy(out, p, count * sizeof(float));
+        return Status{};
+    }
+    for (size_t k = 0; k < count; ++k) {
+        switch (e.dtype) {
+            case DType::F32: std::memcpy(out + k, p + 4 * k, 4); break;
+            case DType::F16: {
+                uint16_t h;
+                std::memcpy(&h, p + 2 * k, 2);
+                out[k] = half_to_float(h);
+                break;
+            }
+            case DType::BF16: {
+                uint16_t h;
+                std::memcpy(&h, p + 2 * k, 2);
+                const uint32_t bits = (uint32_t)h << 16;
+                std::memcpy(out + k, &bits, 4);
+                break;
+            }
+            case DType::F64: {
+                double d;
+                std::memcpy(&d, p + 8 * k, 8);
+                out[k] = (float)d;
+                break;
+            }
+            case DType::I64: {
+                int64_t v;
+                std::memcpy(&v, p + 8 * k, 8);
+                out[k] = (float)v;
+                break;
+            }
+            case DType::I32: {
+                int32_t v;
+                std::memcpy(&v, p + 4 * k, 4);
+                out[k] = (float)v;
+                break;
+            }
+            case DType::I16: {
+                int16_t v;
+                std::memcpy(&v, p + 2 * k, 2);
+                out[k] = (float)v;
+                break;
+            }
+            case DType::I8: out[k] = (float)(int8_t)p[k]; break;
+            case DType::U8:
+            case DType::BOOL: out[k] = (float)p[k]; break;
+        }
+    }
+    return Status{};
+}
+
+// --- Writing ----------------------------------------------------------------------
+
+void StWriter::add_f32(const char* name, const Shape& s, const float* data) {
+    Item it;
+    it.name = name;
+    it.dtype = DType::F32;
+    for (int d = 0; d < s.ndim; ++d) it.shape.push_back((uint64_t)s.dim[d]);
+    it.data = data;
+    it.bytes = s.numel() * sizeof(float);
+    items.push_back(std::move(it));
+}
+
+void StWriter::add(const char* name, DType t, std::initializer_list<uint64_t> shape, const void* data) {
+    Item it;
+    it.name = name;
+    it.dtype = t;
+    it.shape.assign(shape.begin(), shape.end());
+    size_t n = 1;
+    for (uint64_t d : shape) n *= (size_t)d;
+    it.data = data;
+    it.bytes = n * dtype_size(t);
+    items.push_back(std::move(it));
+}
+
+void StWriter::add_meta(const char* key, const char* value) { metadata.emplace_back(key, value); }
+
+static void json_string(std::string& o, const std::string& s) {
+    o += '"';
+    for (unsigned char c : s) {
+        if (c == '"' || c == '\\') o += '\\', o += (char)c;
+        else if (c < 0x20) {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\u%04x", c);
+            o += b;
+        } else o += (char)c;
+    }
+    o += '"';
+}
+
+static long long g_write_fault_after = -1;  // bytes that may still be written; -1: no fault
+void set_write_fault_after(long long bytes) { g_write_fault_after = bytes; }
+
+// fwrite, failing as a full disk would once the test hook's budget is spent.
+static bool write_bytes(FILE* f, const void* p, size_t n) {
+    if (g_write_fault_after >= 0) {
+        if ((long long)n > g_write_fault_after) {
+            std::fwrite(p, 1, (size_t)g_write_fault_after, f);
+            g_write_fault_after = 0;
+            errno = ENOSPC;
+            return false;
+        }
+        g_write_fault_after -= (long long)n;
+    }
+    return std::fwrite(p, 1, n, f) == n;
+}
+
+Status StWriter::write(const char* path) const {
+    // The header: metadata first, then the tensors in the order added, packed.
+    std::string h = "{";
+    bool first = true;
+    if (!metadata.empty()) {
+        h += "\"__metadata__\":{";
+        for (size_t k = 0; k < metadata.size(); ++k) {
+            if (k) h += ',';
+            json_string(h, metadata[k].first);
+            h += ':';
+            json_string(h, metadata[k].second);
+        }
+        h += '}';
+        first = false;
+    }
+    // Refuse what the reader would refuse, before touching the disk.
+    size_t bad = 0;
+    for (size_t k = 0; k < metadata.size(); ++k) {
+        for (size_t m = 0; m < k; ++m)
+            if (metadata[m].first == metadata[k].first)
+                return errorf("safetensors %s: metadata key \"%s\" is used twice", path, metadata[k].first.c_str());
+        const std::string& key = metadata[k].first;
+        const std::string& val = metadata[k].second;
+        if (!utf8_valid(reinterpret_cast<const uint8_t*>(key.data()), key.size(), &bad) ||
+            !utf8_valid(reinterpret_cast<const uint8_t*>(val.data()), val.size(), &bad))
+            return errorf("safetensors %s: metadata \"%s\" is not valid UTF-8", path, key.c_str());
+    }
+    uint64_t off = 0;
+    for (size_t k = 0; k < items.size(); ++k) {
+        const Item& it = items[k];
+        if (!utf8_valid(reinterpret_cast<const uint8_t*>(it.name.data()), it.name.size(), &bad))
+            return errorf("safetensors %s: tensor name \"%s\" is not valid UTF-8", path, it.name.c_str());
+        size_t elems = 1, need = 0;
+        bool fits = it.shape.size() <= (size_t)kStMaxDims;
+        for (uint64_t d : it.shape) fits = fits && d <= SIZE_MAX && size_mul(elems, (size_t)d, &elems);
+        fits = fits && size_mul(elems, dtype_size(it.dtype), &need);
+        if (!fits || need != it.bytes)
+            return errorf("safetensors %s: tensor \"%s\" has %zu bytes, its shape x dtype needs %zu", path,
+                          it.name.c_str(), it.bytes, need);
+        if (it.bytes && !it.data) return errorf("safetensors %s: tensor \"%s\" has no data", path, it.name.c_str());
+        for (size_t m = 0; m < k; ++m)
+            if (items[m].name == it.name) return errorf("safetensors %s: tensor name \"%s\" is used twice", path, it.name.c_str());
+        if (it.name == "__metadata__") return errorf("safetensors %s: \"__metadata__\" cannot name a tensor", path);
+        if (!first) h += ',';
+        first = false;
+        json_string(h, it.name);
+        h += ":{\"dtype\":\"";
+        h += dtype_name(it.dtype);
+        h += "\",\"shape\":[";
+        for (size_t d = 0; d < it.shape.size(); ++d) {
+            if (d) h += ',';
+            h += std::to_string(it.shape[d]);
+        }
+        h += "],\"data_offsets\":[" + std::to_string(off) + "," + std::to_string(off + it.bytes) + "]}";
+        off += it.bytes;
+    }
+    h += '}';
+    while (h.size() % 8) h += ' ';
+    uint8_t len[8];
+    for (int k = 0; k < 8; ++k) len[k] = (uint8_t)((uint64_t)h.size() >> (8 * k));
+
+    // Atomically: a temporary file beside the target, synced, then renamed.
+    std::string tmp = std::string(path) + ".tmp";
+    FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) return errorf("safetensors %s: cannot create %s: %s", path, tmp.c_str(), std::strerror(errno));
+    bool ok = write_bytes(f, len, 8) && write_bytes(f, h.data(), h.size());
+    for (size_t k = 0; ok && k < items.size(); ++k)
+        ok = items[k].bytes == 0 || write_bytes(f, items[k].data, items[k].bytes);
+    int saved_errno = ok ? 0 : (errno ? errno : EIO);
+    if (ok && std::fflush(f) != 0) ok = false, saved_errno = errno;
+#if defined(__unix__) || defined(__APPLE__)
+    if (ok && fsync(fileno(f)) != 0) ok = false, saved_errno = errno;
+#endif
+    if (std::fclose(f) != 0 && ok) ok = false, saved_errno = errno;
+    if (!ok) {
+        std::remove(tmp.c_str());
+        return errorf("safetensors %s: writing failed (%s); the previous file, if any, is unchanged", path,
+                      std::strerror(saved_errno));
+    }
+    if (std::rename(tmp.c_str(), path) != 0) {
+        saved_errno = errno;
+        std::remove(tmp.c_str());
+        return errorf("safetensors %s: cannot rename %s over it: %s", path, tmp.c_str(), std::strerror(saved_errno));
+    }
+    return Status{};
+}
+
+// --- Model files --------------------------------------------------------------------
+
+// "<index>.<param>" as nn.Sequential's state_dict, or "<name>.<param>".
+static std::string st_param_name(const Layer& L, int index, const char* param) {
+    return (L.user_named ? std::string(L.name) : std::to_string(index)) + "." + param;
+}
+
+static bool arch_name_ok(const char* s) {
+    if (!*s) return false;
+    for (; *s; ++s)
+        if (!(std::isalnum((unsigned char)*s) || *s == '_' || *s == '-' || *s == '.')) return false;
+    return true;
+}
+
+// The architecture as text, a line per layer: "Kind key=value ...".
+static Status arch_write(const Model& m, std::string* out) {
+    std::string a = "input";
+    for (int d = 0; d < m.input.ndim; ++d) a += (d ? "," : " ") + std::to_string(m.input.dim[d]);
+    a += '\n';
+    char b[320];
+    for (const Layer& L : m.layers) {
+        if (L.kind == LayerKind::Custom)
+            return errorf("model file: custom layer \"%s\" (%s) has no architecture to save; save its weights and "
+                          "rebuild it in code", L.name, L.type_name());
+        std::string line = L.kind == LayerKind::Activation ? "Activation" : L.type_name();
+        if (L.kind == LayerKind::Recurrent) line = "Recurrent";
+        if (L.kind == LayerKind::BatchNorm) line = "BatchNorm";
+        if (L.user_named) {
+            if (!arch_name_ok(L.name))
+                return errorf("model file: layer name \"%s\" may hold only letters, digits, '_', '-' and '.'", L.name);
+            line += std::string(" name=") + L.name;
+        }
+        switch (L.kind) {
+            case LayerKind::Dense:
+                std::snprintf(b, sizeof b, " in=%d units=%d act=%d slope=%.9g bias=%d l1=%.9g l2=%.9g", L.in_features,
+                              L.units, (int)L.act, (double)L.leaky_slope, L.use_bias ? 1 : 0, (double)L.l1, (double)L.l2);
+                break;
+            case LayerKind::Activation:
+                std::snprintf(b, sizeof b, " act=%d slope=%.9g", (int)L.act, (double)L.leaky_slope);
+                break;
+            case LayerKind::Dropout: std::snprintf(b, sizeof b, " rate=%.9g", (double)L.rate); break;
+            case LayerKind::Conv2D:
+                std::snprintf(b, sizeof b, " in=%d out=%d k=%d,%d s=%d,%d p=%d,%d pm=%d d=%d,%d g=%d bias=%d",
+                              L.in_channels, L.out_channels, L.kernel.h, L.kernel.w, L.stride.h, L.stride.w, L.padding.h,
+                              L.padding.w, (int)L.padding.mode, L.dilation.h, L.dilation.w, L.groups, L.use_bias ? 1 : 0);
+                break;
+            case LayerKind::MaxPool2D:
+            case LayerKind::AvgPool2D:
+                std::snprintf(b, sizeof b, " k=%d,%d s=%d,%d p=%d,%d cip=%d", L.kernel.h, L.kernel.w, L.stride.h,
+                              L.stride.w, L.padding.h, L.padding.w, L.count_include_pad ? 1 : 0);
+                break;
+            case LayerKind::BatchNorm:
+                std::snprintf(b, sizeof b, " dims=%d c=%d eps=%.9g momentum=%.9g affine=%d", L.bn_dims, L.in_channels,
+                              (double)L.eps, (double)L.momentum, L.affine ? 1 : 0);
+                break;
+            case LayerKind::Recurrent:
+                std::snprintf(b, sizeof b, " cell=%d in=%d hidden=%d layers=%d seq=%d bptt=%d", (int)L.cell,
+                              L.in_features, L.hidden_size, L.num_layers, L.return_sequences ? 1 : 0, L.bptt_window);
+                break;
+            case LayerKind::Embedding:
+                std::snprintf(b, sizeof b, " vocab=%d dim=%d", L.num_embeddings, L.embedding_dim);
+                break;
+            default: b[0] = 0; break;
+        }
+        line += b;
+        a += line + '\n';
+    }
+    *out = a;
+    return Status{};
+}
+
+// Reads "key=v" or "key=v,w" from a line's words.
+struct ArchLine {
+    std::vector<std::pair<std::string, std::string>> kv;
+    const char* get(const char* k) const {
+        for (const auto& p : kv)
+            if (p.first == k) return p.second.c_str();
+        return nullptr;
+    }
+};
+
+static Status arch_read(const char* text, const char* what, Shape* input, std::vector<Layer>* out) {
+    std::vector<Layer> layers;
+    const char* p = text;
+    int line_no = 0;
+    bool have_input = false;
+    while (*p) {
+        const char* e = std::strchr(p, '\n');
+        std::string line(p, e ? (size_t)(e - p) : std::strlen(p));
+        p = e ? e + 1 : p + line.size();
+        ++line_no;
+        if (line.empty()) continue;
+        // words
+        std::vector<std::string> w;
+        size_t i = 0;
+        while (i < line.size()) {
+            size_t j = line.find(' ', i);
+            if (j == std::string::npos) j = line.size();
+            if (j > i) w.push_back(line.substr(i, j - i));
+            i = j + 1;
+        }
+        if (!have_input) {
+            if (w.size() != 2 || w[0] != "input")
+                return errorf("model file %s: architecture line 1 must be \"input d0,d1,...\"", what);
+            Shape s;
+            const char* q = w[1].c_str();
+            while (*q && s.ndim < kMaxDims) {
+                s.dim[s.ndim++] = (int)std::strtol(q, (char**)&q, 10);
+                if (*q == ',') ++q;
+            }
+            if (*q || s.ndim < 1 || s.numel() == 0)
+                return errorf("model file %s: bad input shape \"%s\"", what, w[1].c_str());
+            *input = s;
+            have_input = true;
+            continue;
+        }
+        ArchLine al;
+        for (size_t k = 1; k < w.size(); ++k) {
+            const size_t eq = w[k].find('=');
+            if (eq == std::string::npos)
+                return errorf("model file %s: architecture line %d: \"%s\" is not key=value", what, line_no, w[k].c_str());
+            al.kv.emplace_back(w[k].substr(0, eq), w[k].substr(eq + 1));
+        }
+        auto num = [&](const char* k, double dflt) {
+            const char* v = al.get(k);
+            return v ? std::strtod(v, nullptr) : dflt;
+        };
+        auto pair = [&](const char* k) {
+            const char* v = al.get(k);
+            Size2 s(0);
+            if (v) {
+                char* end = nullptr;
+                s.h = (int)std::strtol(v, &end, 10);
+                s.w = end && *end == ',' ? (int)std::strtol(end + 1, nullptr, 10) : s.h;
+            }
+            return s;
+        };
+        const std::string& kind = w[0];
+        Layer L;
+        if (kind == "Dense") {
+            L = Dense((int)num("in", 0), (int)num("units", 0), (Act)(int)num("act", 0), num("bias", 1) != 0);
+            L.leaky_slope = (float)num("slope", 0.01);
+            L.l1 = (float)num("l1", 0), L.l2 = (float)num("l2", 0);
+        } else if (kind == "Activation") {
+            L = ReLU();
+            L.act = (Act)(int)num("act", 1);
+            L.leaky_slope = (float)num("slope", 0.01);
+        } else if (kind == "Dropout") {
+            L = Dropout((float)num("rate", 0));
+        } else if (kind == "Flatten") {
+            L = Flatten();
+        } else if (kind == "Conv2D") {
+            Size2 pd = pair("p");
+            Padding pad(pd.h, pd.w);
+            pad.mode = (PadMode)(int)num("pm", 0);
+            L = Conv2D((int)num("in", 0), (int)num("out", 0), pair("k"), pair("s"), pad, pair("d"), (int)num("g", 1),
+                       num("bias", 1) != 0);
+        } else if (kind == "MaxPool2D") {
+            L = MaxPool2D(pair("k"), pair("s"), pair("p"));
+        } else if (kind == "AvgPool2D") {
+            L = AvgPool2D(pair("k"), pair("s"), pair("p"), num("cip", 1) != 0);
+        } else if (kind == "GlobalAvgPool") {
+            L = GlobalAvgPool();
+        } else if (kind == "BatchNorm") {
+            const int dims = (int)num("dims", 1);
+            L = (dims == 2 ? BatchNorm2d : BatchNorm1d)((int)num("c", 0), (float)num("eps", 1e-5),
+                                                          (float)num("momentum", 0.1), num("affine", 1) != 0);
+        } else if (kind == "Recurrent") {
+            L = LSTM((int)num("in", 0), (int)num("hidden", 0), (int)num("layers", 1), num("seq", 1) != 0);
+            L.cell = (RnnCell)(int)num("cell", 2);
+            L.act = L.cell == RnnCell::RnnReLU ? Act::ReLU : (L.cell == RnnCell::RnnTanh ? Act::Tanh : Act::None);
+            L.bptt_window = (int)num("bptt", 0);
+        } else if (kind == "Embedding") {
+            L = Embedding((int)num("vocab", 0), (int)num("dim", 0));
+        } else {
+            return errorf("model file %s: architecture line %d: unknown layer kind \"%s\"", what, line_no, kind.c_str());
+        }
+        if (const char* nm = al.get("name")) {
+            std::snprintf(L.name, sizeof L.name, "%s", nm);
+        }
+        layers.push_back(L);
+    }
+    if (!have_input) return errorf("model file %s: the architecture is empty", what);
+    *out = std::move(layers);
+    return Status{};
+}
+
+Status save(Model& m, const char* path) {
+    if (!m.compiled) return errorf("model file %s: compile the model before saving it", path);
+    StWriter w;
+    std::vector<std::string> names;
+    std::vector<int64_t> counters;  // BatchNorm's num_batches_tracked
+    int bn = 0;
+    for (const Layer& L : m.layers) bn += L.kind == LayerKind::BatchNorm;
+    counters.reserve((size_t)bn);
+    for (int i = 0; i < m.size(); ++i) {
+        const Layer& L = m.layers[(size_t)i];
+        for (int k = 0; k < L.n_params; ++k) {
+            const std::string nm = st_param_name(L, i, L.param_name[k]);
+            w.add_f32(nm.c_str(), L.params[k].shape, L.params[k].data);
+        }
+        if (L.kind == LayerKind::BatchNorm) {
+            counters.push_back((int64_t)m.step_count);
+            const std::string nm = st_param_name(L, i, "num_batches_tracked");
+            w.add(nm.c_str(), DType::I64, {}, &counters.back());
+        }
+    }
+    std::string arch;
+    Status st = arch_write(m, &arch);
+    if (!st) return st;
+    w.add_meta("format", "pt");
+    w.add_meta("nn.architecture", arch.c_str());
+    return w.write(path);
+}
+
+// Appends "name (reason)" to a bounded list of problems.
+static void note_problem(std::string& list, int* count, const std::string& what) {
+    if (++*count <= 4) list += (list.empty() ? "" : "; ") + what;
+}
+
+static Status load_weights_from(Model& m, const SafeTensors& f, const char* path, bool checkpoint = false) {
+    std::vector<const StEntry*> src;  // every check passes before anything changes
+    std::vector<float*> dest;
+    std::vector<char> used(f.entries.size(), 0);
+    std::string problems;
+    int n_problems = 0;
+    char b1[64];
+    for (int i = 0; i < m.size(); ++i) {
+        const Layer& L = m.layers[(size_t)i];
+        for (int k = 0; k < L.n_params; ++k) {
+            const std::string nm = st_param_name(L, i, L.param_name[k]);
+            const StEntry* e = f.find(nm.c_str());
+            if (!e) {
+                note_problem(problems, &n_problems, "\"" + nm + "\" missing");
+                continue;
+            }
+            used[(size_t)(e - f.entries.data())] = 1;
+            const Shape& want = L.params[k].shape;
+            bool same = e->ndim == want.ndim;
+            for (int d = 0; same && d < want.ndim; ++d) same = e->shape[d] == (uint64_t)want.dim[d];
+            if (!same) {
+                std::string got = "(";
+                for (int d = 0; d < e->ndim; ++d) got += (d ? ", " : "") + std::to_string(e->shape[d]);
+                got += e->ndim == 1 ? ",)" : ")";
+                note_problem(problems, &n_problems,
+                             "\"" + nm + "\" shape " + got + " in the file, " + shape_str(want, b1, sizeof b1) + " in the model");
+                continue;
+            }
+            src.push_back(e);
+            dest.push_back(L.params[k].data);
+        }
+        if (L.kind == LayerKind::BatchNorm)
+            if (const StEntry* e = f.find(st_param_name(L, i, "num_batches_tracked").c_str()))
+                used[(size_t)(e - f.entries.data())] = 1;
+    }
+    for (size_t k = 0; k < f.entries.size(); ++k) {
+        const std::string& nm = f.entries[k].name;
+        const bool state = checkpoint && (nm.compare(0, 10, "optimizer.") == 0 || nm.compare(0, 4, "fit.") == 0);
+        if (!used[k] && !state) note_problem(problems, &n_problems, "\"" + nm + "\" unexpected (no such parameter)");
+    }
+    if (n_problems)
+        return errorf("model file %s: %d mismatch%s: %s%s; the model is unchanged", path, n_problems,
+                      n_problems > 1 ? "es" : "", problems.c_str(), n_problems > 4 ? "; ..." : "");
+    for (size_t k = 0; k < dest.size(); ++k) {
+        const Status st = f.to_f32(*src[k], dest[k], src[k]->numel());  // cannot fail: counts match
+        NN_ASSERT(st.ok());
+        (void)st;
+    }
+    return Status{};
+}
+
+Status load_weights(Model& m, const char* path) {
+    if (!m.compiled) return errorf("model file %s: compile the model before loading weights into it", path);
+    SafeTensors f;
+    Status st = safetensors_load(path, &f);
+    if (!st) return st;
+    return load_weights_from(m, f, path);
+}
+
+Status load_model(const char* path, const CompileOptions& opt, Model* out) {
+    if (!out || out->compiled || !out->layers.empty())
+        return errorf("model file %s: load_model builds into an empty, uncompiled Model", path);
+    SafeTensors f;
+    Status st = safetensors_load(path, &f);
+    if (!st) return st;
+    const char* arch = f.meta("nn.architecture");
+    if (!arch) return errorf("model file %s: no \"nn.architecture\" in __metadata__ (not saved by nn::save?)", path);
+    Shape input;
+    std::vector<Layer> layers;
+    if (!(st = arch_read(arch, path, &input, &layers))) return st;
+    // *out is emptied again on any error.
+    Model& m = *out;
+    m.set_input(input);
+    for (Layer& L : layers)
+        if (!(st = m.add(L))) break;
+    if (st) st = m.compile(opt);
+    if (st) st = load_weights_from(m, f, path);
+    if (!st) {
+        m.layers.clear();
+        m.error = Status{};
+        m.compiled = false;
+        m.input = Shape{};
+        return errorf("model file %s: %s", path, st.message());
+    }
+    return Status{};
+}
+
+// --- Checkpoints ------------------------------------------------------------------
+
+// The optimizer's parameters are the layers' parameters in order: their names.
+static std::vector<std::string> optimizer_param_names(const Model& m) {
+    std::vector<std::string> names;
+    for (int i = 0; i < m.size(); ++i) {
+        const Layer& L = m.layers[(size_t)i];
+        for (int k = 0; k < L.n_params; ++k) names.push_back(st_param_name(L, i, L.param_name[k]));
+    }
+    return names;
+}
+
+static Status write_checkpoint(Model& m, const FitState& fs, const char* path) {
+    if (!m.compiled) return errorf("checkpoint %s: compile the model first", path);
+    const Optimizer& o = m.optimizer;
+    const std::vector<std::string> names = optimizer_param_names(m);
+    if ((int)names.size() != o.n_params)
+        return errorf("checkpoint %s: the optimizer has %d parameters, the layers %zu", path, o.n_params, names.size());
+    StWriter w;
+    std::vector<int64_t> counters;  // stable storage for the I64 tensors
+    counters.reserve(names.size() + m.layers.size());
+    std::vector<int32_t> order;
+    std::vector<std::string> tnames;  // keeps the names alive for add()
+    tnames.reserve(names.size() * (Optimizer::kStateSlots + 1) + m.layers.size() * kMaxParams + 1);
+    for (int i = 0; i < m.size(); ++i) {
+        const Layer& L = m.layers[(size_t)i];
+        for (int k = 0; k < L.n_params; ++k) {
+            tnames.push_back(st_param_name(L, i, L.param_name[k]));
+            w.add_f32(tnames.back().c_str(), L.params[k].shape, L.params[k].data);
+        }
+        if (L.kind == LayerKind::BatchNorm) {
+            counters.push_back((int64_t)m.step_count);
+            tnames.push_back(st_param_name(L, i, "num_batches_tracked"));
+            w.add(tnames.back().c_str(), DType::I64, {}, &counters.back());
+        }
+    }
+    for (int i = 0; i < o.n_params; ++i) {
+        for (int slot = 0; slot < Optimizer::kStateSlots; ++slot) {
+            const float* buf = o.state ? o.state[(size_t)i * Optimizer::kStateSlots + (size_t)slot] : nullptr;
+            if (!buf || !o.params[i].size) continue;
+            tnames.push_back("optimizer." + names[(size_t)i] + ".state" + std::to_string(slot));
+            w.add(tnames.back().c_str(), DType::F32, {(uint64_t)o.params[i].size}, buf);
+        }
+        counters.push_back((int64_t)o.param_steps[i]);
+        tnames.push_back("optimizer." + names[(size_t)i] + ".step");
+        w.add(tnames.back().c_str(), DType::I64, {}, &counters.back());
+    }
+    if (fs.it) {
+        order.assign(fs.it->order.begin(), fs.it->order.end());
+        if (!order.empty()) w.add("fit.order", DType::I32, {(uint64_t)order.size()}, order.data());
+    }
+    std::string arch;
+    Status st = arch_write(m, &arch);
+    if (!st) return st;
+    auto meta = [&](const char* k, const std::string& v) { w.add_meta(k, v.c_str()); };
+    meta("format", "pt");
+    meta("nn.architecture", arch);
+    meta("nn.checkpoint", "1");
+    meta("nn.optimizer", optimizer_name(o.cfg.kind));
+    meta("nn.optimizer.steps", std::to_string(o.steps));
+    meta("nn.optimizer.epoch", std::to_string(o.epoch));
+    meta("nn.model.steps", std::to_string(m.step_count));
+    meta("nn.fit.epochs_done", std::to_string(fs.epochs_done));
+    if (fs.it) meta("nn.fit.rng", std::to_string(fs.it->rng.state));
+    for (int i = 0; i < m.size(); ++i)
+        meta(("nn.rng." + std::to_string(i)).c_str(), std::to_string(m.layers[(size_t)i].rng.state));
+    return w.write(path);
+}
+
+static bool meta_u64(const SafeTensors& f, const char* key, uint64_t* out) {
+    const char* v = f.meta(key);
+    if (!v || !*v) return false;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long x = std::strtoull(v, &end, 10);
+    if (errno || *end) return false;
+    *out = x;
+    return true;
+}
+
+// Restores a checkpoint into m (and fit's iterator when given); on any
+// error nothing has changed.
+static Status read_checkpoint(Model& m, const char* path, BatchIterator* it, int* epochs_done) {
+    if (!m.compiled) return errorf("checkpoint %s: compile the model before restoring into it", path);
+    SafeTensors f;
+    Status st = safetensors_load(path, &f);
+    if (!st) return st;
+    if (!f.meta("nn.checkpoint")) return errorf("checkpoint %s: not a checkpoint (no \"nn.checkpoint\" metadata)", path);
+    Optimizer& o = m.optimizer;
+    const char* kind = f.meta("nn.optimizer");
+    if (!kind || std::strcmp(kind, optimizer_name(o.cfg.kind)) != 0)
+        return errorf("checkpoint %s: saved with optimizer %s, the model has %s", path, kind ? kind : "(none)",
+                      optimizer_name(o.cfg.kind));
+    uint64_t steps = 0, epoch = 0, msteps = 0, done = 0, fit_rng = 0;
+    if (!meta_u64(f, "nn.optimizer.steps", &steps) || !meta_u64(f, "nn.optimizer.epoch", &epoch) ||
+        !meta_u64(f, "nn.model.steps", &msteps) || !meta_u64(f, "nn.fit.epochs_done", &done))
+        return errorf("checkpoint %s: step and epoch counters missing or malformed in the metadata", path);
+    // Everything is read and checked into these before anything changes.
+    const std::vector<std::string> names = optimizer_param_names(m);
+    if ((int)names.size() != o.n_params)
+        return errorf("checkpoint %s: the optimizer has %d parameters, the layers %zu", path, o.n_params, names.size());
+    std::vector<std::vector<float>> state((size_t)o.n_params * Optimizer::kStateSlots);
+    std::vector<int64_t> psteps((size_t)o.n_params, 0);
+    for (int i = 0; i < o.n_params; ++i) {
+        for (int slot = 0; slot < Optimizer::kStateSlots; ++slot) {
+            const float* buf = o.state ? o.state[(size_t)i * Optimizer::kStateSlots + (size_t)slot] : nullptr;
+            const std::string nm = "optimizer." + names[(size_t)i] + ".state" + std::to_string(slot);
+            const StEntry* e = f.find(nm.c_str());
+            if (!buf || !o.params[i].size) {
+                if (e) return errorf("checkpoint %s: \"%s\" has no place in this optimizer's configuration", path, nm.c_str());
+                continue;
+            }
+            if (!e) return errorf("checkpoint %s: \"%s\" missing", path, nm.c_str());
+            if (e->numel() != o.params[i].size)
+                return errorf("checkpoint %s: \"%s\" holds %zu values, the parameter %zu", path, nm.c_str(), e->numel(),
+                              o.params[i].size);
+            std::vector<float>& v = state[(size_t)i * Optimizer::kStateSlots + (size_t)slot];
+            v.resize(e->numel());
+            if (!(st = f.to_f32(*e, v.data(), v.size()))) return st;
+        }
+        const std::string sn = "optimizer." + names[(size_t)i] + ".step";
+        const StEntry* e = f.find(sn.c_str());
+        if (!e || e->dtype != DType::I64 || e->numel() != 1)
+            return errorf("checkpoint %s: \"%s\" missing or not one I64", path, sn.c_str());
+        std::memcpy(&psteps[(size_t)i], f.bytes.data() + f.data_start + e->begin, 8);
+    }
+    std::vector<uint64_t> rngs(m.layers.size(), 0);
+    for (size_t i = 0; i < m.layers.size(); ++i)
+        if (!meta_u64(f, ("nn.rng." + std::to_string(i)).c_str(), &rngs[i]))
+            return errorf("checkpoint %s: random-number state of layer %zu missing", path, i);
+    std::vector<uint32_t> order;
+    if (it) {
+        if (!meta_u64(f, "nn.fit.rng", &fit_rng))
+            return errorf("checkpoint %s: no shuffling state (\"nn.fit.rng\"): written by save_checkpoint, not by "
+                          "fit, so fit cannot resume from it", path);
+        const StEntry* e = f.find("fit.order");
+        if (!e || e->dtype != DType::I32 || e->numel() != it->order.size())
+            return errorf("checkpoint %s: \"fit.order\" missing or not %zu I32 sample indices (a different "
+                          "training set or validation split?)", path, it->order.size());
+        order.resize(e->numel());
+        std::memcpy(order.data(), f.bytes.data() + f.data_start + e->begin, order.size() * 4);
+        for (uint32_t x : order)
+            if (x >= it->order.size()) return errorf("checkpoint %s: \"fit.order\" holds index %u", path, x);
+    }
+    if (!(st = load_weights_from(m, f, path, true))) return st;  // checks all, then copies
+    for (int i = 0; i < o.n_params; ++i) {
+        for (int slot = 0; slot < Optimizer::kStateSlots; ++slot) {
+            float* buf = o.state ? o.state[(size_t)i * Optimizer::kStateSlots + (size_t)slot] : nullptr;
+            const std::vector<float>& v = state[(size_t)i * Optimizer::kStateSlots + (size_t)slot];
+            if (buf && !v.empty()) std::memcpy(buf, v.data(), v.size() * sizeof(float));
+        }
+        o.param_steps[i] = psteps[(size_t)i];
+    }
+    o.steps = (int64_t)steps;
+    o.epoch = (int)epoch;
+    m.step_count = (int64_t)msteps;
+    for (size_t i = 0; i < m.layers.size(); ++i) m.layers[i].rng.state = rngs[i];
+    if (it) {
+        it->rng.state = fit_rng;
+        it->order = order;
+    }
+    if (epochs_done) *epochs_done = (int)done;
+    return Status{};
+}
+
+Status save_checkpoint(Model& m, const char* path) {
+    FitState fs;
+    fs.epochs_done = m.optimizer.epoch;
+    return write_checkpoint(m, fs, path);
+}
+
+Status load_checkpoint(Model& m, const char* path) { return read_checkpoint(m, path, nullptr, nullptr); }
+
 // ===========================================================================
 // Gradient check: central differences against the analytic backward.
 // ===========================================================================
