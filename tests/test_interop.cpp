@@ -1,4 +1,4 @@
-// PyTorch interop (issue 7): the MLP, LeNet and an LSTM model go from
+// PyTorch interop (issue 7): the MLP, LeNet, an LSTM and a 2-layer GRU model go from
 // PyTorch to nn and from nn to PyTorch through safetensors model files, and
 // both frameworks must give the same outputs within 1e-5.
 //
@@ -34,7 +34,7 @@
 namespace {
 
 constexpr double kTolerance = 1e-5;  // issue 7: max absolute difference
-const char* const kModels[] = {"mlp", "lenet", "lstm"};
+const char* const kModels[] = {"mlp", "lenet", "lstm", "gru"};
 
 bool file_exists(const std::string& p) {
     struct stat sb;
@@ -142,15 +142,20 @@ void build_model(const std::string& name, nn::Model* m) {
         m->add(nn::Dense(400, 120, nn::Act::ReLU));   // 7
         m->add(nn::Dense(120, 84, nn::Act::ReLU));    // 8
         m->add(nn::Dense(84, 10));                    // 9
-    } else {  // lstm: T = 10 steps of 4 features, hidden 32, 3 outputs
+    } else if (name == "lstm") {  // T = 10 steps of 4 features, hidden 32, 3 outputs
         m->set_input(nn::make_shape({10, 4}));
         m->add(nn::LSTM(4, 32, 1, /*return_sequences=*/false));  // 0
+        m->add(nn::Dense(32, 3));                                 // 1
+    } else {  // gru: the same sizes, two stacked layers
+        m->set_input(nn::make_shape({10, 4}));
+        m->add(nn::GRU(4, 32, 2, /*return_sequences=*/false));   // 0
         m->add(nn::Dense(32, 3));                                 // 1
     }
 }
 
-const int kLayers[] = {3, 10, 2};
-const nn::LayerKind kFirstKind[] = {nn::LayerKind::Dense, nn::LayerKind::Conv2D, nn::LayerKind::Recurrent};
+const int kLayers[] = {3, 10, 2, 2};
+const nn::LayerKind kFirstKind[] = {nn::LayerKind::Dense, nn::LayerKind::Conv2D, nn::LayerKind::Recurrent,
+                                     nn::LayerKind::Recurrent};
 
 double max_abs_diff(const float* a, const float* b, size_t n) {
     double d = 0;
@@ -254,12 +259,13 @@ int Interop::export_rc_ = -1;
 TEST_F(Interop, MlpFromPyTorch) { from_pytorch(0); }
 TEST_F(Interop, LeNetFromPyTorch) { from_pytorch(1); }
 TEST_F(Interop, LstmFromPyTorch) { from_pytorch(2); }
+TEST_F(Interop, GruFromPyTorch) { from_pytorch(3); }
 
 // nn -> PyTorch: each model built by nn with its own seed, trained a few SGD
 // steps, saved with nn::save beside its outputs on the stored input; the
 // script loads the files into PyTorch and compares.
 TEST_F(Interop, NnToPyTorch) {
-    for (int which = 0; which < 3; ++which) {
+    for (int which = 0; which < 4; ++which) {
         const std::string name = kModels[which];
         SCOPED_TRACE(name);
         std::vector<float> x;
@@ -273,7 +279,7 @@ TEST_F(Interop, NnToPyTorch) {
         co.max_batch = N;
         co.seed = 1000 + (uint64_t)which;  // not the script's weights
         co.optimizer = nn::SGD(0.05f);
-        co.loss = which == 2 ? nn::MSE() : nn::CrossEntropy();
+        co.loss = which >= 2 ? nn::MSE() : nn::CrossEntropy();
         nn::Status st = m.compile(co);
         ASSERT_TRUE(st.ok()) << st.message();
 
@@ -286,7 +292,7 @@ TEST_F(Interop, NnToPyTorch) {
         for (auto& l : labels) l = (int32_t)rng.below((uint32_t)width);
         for (auto& t : targets) t = rng.uniform(-1, 1);
         nn::Target tgt;
-        if (which == 2) tgt.values = targets.data();
+        if (which >= 2) tgt.values = targets.data();
         else tgt.labels = labels.data();
         std::memcpy(m.x_buf.data, x.data(), x.size() * sizeof(float));
         float loss = 0;

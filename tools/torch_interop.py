@@ -7,7 +7,7 @@
                                   into PyTorch, run on DIR/<model>_input.bin, compared
                                   with DIR/<model>_nn_output.bin (nn's outputs)
 
-Models (<model> is mlp, lenet, lstm), each the nn::Model a test builds, with its
+Models (<model> is mlp, lenet, lstm, gru), each the nn::Model a test builds, with its
 layer indices, which name the tensors as nn.Sequential's state_dict does:
 
     mlp    input (784)        0 Dense(784,128,ReLU) 1 Dense(128,128,ReLU) 2 Dense(128,10)
@@ -15,6 +15,7 @@ layer indices, which name the tensors as nn.Sequential's state_dict does:
                               3 Conv2D(6,16,5) 4 ReLU 5 MaxPool2D(2) 6 Flatten
                               7 Dense(400,120,ReLU) 8 Dense(120,84,ReLU) 9 Dense(84,10)
     lstm   input (10,4)       0 LSTM(4,32, last state) 1 Dense(32,3)
+    gru    input (10,4)       0 GRU(4,32, 2 layers, last state) 1 Dense(32,3)
 
 A Dense with a fused activation is one nn layer, so here it is one module (a
 Linear that applies its activation) and keeps one index. The .bin files are
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 TOLERANCE = 1e-5
-MODELS = ("mlp", "lenet", "lstm")
+MODELS = ("mlp", "lenet", "lstm", "gru")
 LSTM_T, LSTM_F, LSTM_H, LSTM_OUT = 10, 4, 32, 3
 BATCH = 8
 
@@ -59,8 +60,19 @@ class Dense(nn.Linear):
 class LastStateLSTM(nn.LSTM):
     """nn::LSTM(return_sequences=false): batch-first, the last step's hidden state."""
 
-    def __init__(self, input_size, hidden_size):
-        super().__init__(input_size, hidden_size, num_layers=1, batch_first=True)
+    def __init__(self, input_size, hidden_size, num_layers=1):
+        super().__init__(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+
+    def forward(self, x):
+        out, _ = super().forward(x)
+        return out[:, -1, :]
+
+
+class LastStateGRU(nn.GRU):
+    """nn::GRU(return_sequences=false): batch-first, the last step's hidden state."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1):
+        super().__init__(input_size, hidden_size, num_layers=num_layers, batch_first=True)
 
     def forward(self, x):
         out, _ = super().forward(x)
@@ -69,7 +81,7 @@ class LastStateLSTM(nn.LSTM):
 
 # nn's architecture text (nn_impl.cpp arch_write): "input d0,d1,..." then a
 # line per layer, "Kind key=value ...". Enum values: Act None 0, ReLU 1;
-# PadMode Explicit 0; RnnCell LSTM 2.
+# PadMode Explicit 0; RnnCell LSTM 2, GRU 3.
 SLOPE = "%.9g" % float(np.float32(0.01))  # LeakyReLU slope, unused here
 
 
@@ -106,13 +118,19 @@ def build(name):
                 "Recurrent cell=2 in=%d hidden=%d layers=1 seq=0 bptt=0" % (LSTM_F, LSTM_H),
                 arch_dense(LSTM_H, LSTM_OUT, False)]
         return m, (LSTM_T, LSTM_F), arch
+    if name == "gru":  # two stacked layers: weight_ih_l1 and friends too
+        m = nn.Sequential(LastStateGRU(LSTM_F, LSTM_H, 2), Dense(LSTM_H, LSTM_OUT))
+        arch = ["input %d,%d" % (LSTM_T, LSTM_F),
+                "Recurrent cell=3 in=%d hidden=%d layers=2 seq=0 bptt=0" % (LSTM_F, LSTM_H),
+                arch_dense(LSTM_H, LSTM_OUT, False)]
+        return m, (LSTM_T, LSTM_F), arch
     raise ValueError(name)
 
 
 def make_input(name, sample, seed):
     g = torch.Generator().manual_seed(seed)
     shape = (BATCH,) + sample
-    if name == "lstm":
+    if name in ("lstm", "gru"):
         return torch.randn(shape, generator=g, dtype=torch.float32)
     return torch.rand(shape, generator=g, dtype=torch.float32)  # image-like, [0, 1)
 
@@ -187,7 +205,7 @@ def read_f32(path):
 
 # --- subcommands -------------------------------------------------------------------
 
-SEEDS = {"mlp": 1, "lenet": 2, "lstm": 3}
+SEEDS = {"mlp": 1, "lenet": 2, "lstm": 3, "gru": 4}
 
 
 def export(d):
