@@ -211,8 +211,8 @@ test-$(1): deps-arm
 endef
 
 $(eval $(call ARM_TEST,arm64,aarch64-linux-gnu-g++ -march=armv8-a,qemu-aarch64 -L /usr/aarch64-linux-gnu))
-$(eval $(call ARM_TEST,armhf,arm-linux-gnueabihf-g++ -march=armv7-a -mfpu=neon -mfloat-abi=hard,qemu-arm -L /usr/arm-linux-gnueabihf))
-$(eval $(call ARM_TEST,armv6,arm-linux-gnueabihf-g++ -march=armv6 -mfpu=vfp -mfloat-abi=hard -marm,qemu-arm -L /usr/arm-linux-gnueabihf))
+$(eval $(call ARM_TEST,armhf,arm-linux-gnueabihf-g++ -march=armv7-a -mfpu=neon -mfloat-abi=hard -Wno-psabi,qemu-arm -L /usr/arm-linux-gnueabihf))
+$(eval $(call ARM_TEST,armv6,arm-linux-gnueabihf-g++ -march=armv6 -mfpu=vfp -mfloat-abi=hard -marm -Wno-psabi,qemu-arm -L /usr/arm-linux-gnueabihf))
 
 .PHONY: test-arm test-arm64 test-armhf test-armv6 deps-arm
 test-arm: test-arm64 test-armhf test-armv6

@@ -5434,10 +5434,13 @@ static const char* tape_op_name(TapeOp op) {
     return "?";
 }
 
-// Graph ids are unique across tapes, so a layer applied by two tapes is told apart.
+// Graph ids are unique across tapes, so a layer applied by two tapes is told
+// apart. An unsigned long: lock-free on every target (ARMv6 has no 64-bit
+// atomics); on 32-bit targets it wraps after 2^32 graphs, which only matters
+// if a layer last applied 2^32 graphs ago is applied again in this one.
 static uint64_t next_graph_id() {
-    static std::atomic<uint64_t> id{0};
-    return ++id;
+    static std::atomic<unsigned long> id{0};
+    return (uint64_t)++id;
 }
 
 // --- Var accessors --------------------------------------------------------------
