@@ -390,11 +390,16 @@ struct GradCase {
     int window;
     int max_batch;
     bool full_lengths = false;  // every sample T steps (lengths null), instead of {5, 2, 4}
+    int batch = 3;              // more than a vector's width runs the kernels' vector loops
 };
 
 void grad_check_case(const GradCase& g, uint64_t seed) {
-    const int B = 3, T = 5, F = 4, H = 7, NL = 2;
-    static const int32_t lens[3] = {5, 2, 4};
+    const int B = g.batch, T = 5, F = 4, H = 7, NL = 2;
+    // {5, 2, 4}, then every length from 1 to T in turn.
+    static const int32_t first[3] = {5, 2, 4};
+    std::vector<int32_t> len_buf((size_t)B);
+    for (int b = 0; b < B; ++b) len_buf[(size_t)b] = b < 3 ? first[b] : (int32_t)(1 + (2 * b) % T);
+    const int32_t* lens = len_buf.data();
     SCOPED_TRACE(std::string(cell_name(g.cell)) + (g.seq ? " sequences" : " last state") +
                  (g.with_h0 ? ", h0/c0 given" : "") + ", bptt_window " + std::to_string(g.window) +
                  (g.full_lengths ? ", no lengths" : ", lengths {5, 2, 4}"));
@@ -446,6 +451,20 @@ const RnnCell kAllCells[] = {RnnCell::LSTM, RnnCell::GRU, RnnCell::RnnTanh, RnnC
 TEST(RnnGrad, SequencesAllCells) {
     for (RnnCell c : kAllCells) grad_check_case({c, true, false, 0, 3}, 21 + (int)c);
     grad_check_case({RnnCell::GRU, true, false, 0, 3, true}, 29);
+}
+
+// Batch 17: one AVX-512 vector and a sample left over (two AVX2 or NEON
+// vectors and one), so the cells' vector loops, their masks and their
+// scalar tails all run, against the same double reference.
+TEST(RnnGrad, BatchOfSeventeenRunsTheVectorLoops) {
+    for (RnnCell c : kAllCells) {
+        GradCase g{c, true, false, 0, 17};
+        g.batch = 17;
+        grad_check_case(g, 61 + (int)c);
+        g.seq = false;
+        g.with_h0 = true;
+        grad_check_case(g, 83 + (int)c);
+    }
 }
 
 TEST(RnnGrad, LastStateAllCells) {
