@@ -644,9 +644,12 @@ Status split(Dataset& d, float fraction, Dataset* val);
 // Converts samples idx[0..count) into x (count, sample...) and writes the
 // targets: class labels into y_labels, and into y_values one-hot rows of
 // num_classes (when Dataset::one_hot) or the regression targets. Null
-// pointers are skipped.
+// pointers are skipped. `next_idx[0..next_count)`, when given, are the rows
+// of the batch after this one: gather asks the caches for them as it goes,
+// so that they arrive while the training step runs.
 void gather(const Dataset& d, const uint32_t* idx, int count, float* x,
-            int32_t* y_labels, float* y_values);
+            int32_t* y_labels, float* y_values, const uint32_t* next_idx = nullptr,
+            int next_count = 0);
 
 // Shuffled mini-batches of sample indices [first, first + count).
 struct BatchIterator {
@@ -660,6 +663,8 @@ struct BatchIterator {
     void start_epoch();  // reshuffles
     // Next batch's indices; returns its size (0 at the end of the epoch).
     int next(const uint32_t** idx);
+    // The batch that next() will return, without taking it.
+    int peek(const uint32_t** idx) const;
     size_t batches_per_epoch() const;
 };
 

@@ -622,6 +622,21 @@ TEST(DataGather, LabelsNoNormalisationAndNullOutputs) {
     EXPECT_FLOAT_EQ(x[0], 0.0f);
 }
 
+// The next batch's rows are only prefetched: the output is the same with or
+// without them, and a next index outside the set is skipped, not read.
+TEST(DataGather, NextBatchRowsChangeNothing) {
+    nn::Dataset d = small_u8();
+    d.scale = 1.0f / 255;
+    const uint32_t idx[2] = {1, 0}, next[3] = {0, 1000000, 1};
+    float x1[6], x2[6];
+    int32_t l1[2], l2[2];
+    nn::gather(d, idx, 2, x1, l1, nullptr);
+    nn::gather(d, idx, 2, x2, l2, nullptr, next, 3);
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(x1[i], x2[i]) << i;
+    EXPECT_EQ(l1[0], l2[0]);
+    EXPECT_EQ(l1[1], l2[1]);
+}
+
 TEST(DataGather, WideRowsBlockAndTail) {
     // 37 features: two blocks of 16 and a tail of 5, u8 and f32 alike.
     const size_t F = 37, n = 3;
@@ -853,6 +868,29 @@ TEST(DataBatches, DropLastAndNoShuffle) {
     sizes.clear();
     run_epoch(it, &sizes);
     EXPECT_EQ(sizes, (std::vector<int>{3}));
+}
+
+// peek() shows the batch next() will return, without taking it, and 0 at
+// the end of the epoch (also when drop_last leaves only a partial batch).
+TEST(DataBatches, PeekShowsTheNextBatch) {
+    for (bool drop_last : {false, true}) {
+        nn::BatchIterator it;
+        ASSERT_TRUE(it.init(0, 23, 4, true, 3, drop_last).ok());
+        it.start_epoch();
+        const uint32_t *p = nullptr, *n = nullptr;
+        int steps = 0, b;
+        for (;;) {
+            const int pb = it.peek(&p);
+            EXPECT_EQ(it.peek(nullptr), pb);  // peeking again changes nothing
+            b = it.next(&n);
+            ASSERT_EQ(pb, b) << "step " << steps;
+            if (b == 0) break;
+            EXPECT_EQ(p, n);
+            ++steps;
+        }
+        EXPECT_EQ(steps, drop_last ? 5 : 6);
+        EXPECT_EQ(it.peek(&p), 0);
+    }
 }
 
 TEST(DataBatches, BadArguments) {

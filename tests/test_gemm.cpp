@@ -307,6 +307,48 @@ TEST(Gemm, AcrossEachBlockBoundary) {
         if (!check(p, rng)) return;
 }
 
+// C = A B^T with at most 16 columns: the dot-product tiles of 3c on
+// AVX-512 (the path of 3b elsewhere). Every column count (tiles of 5, 4 and
+// the rest), row counts around the 4-row tile, K at, around and well past
+// one vector, each with beta 0 (NaN in C), beta != 0, bias, ReLU and leaky
+// ReLU, packed and padded operands.
+TEST(Gemm, NarrowTransposedBEveryColumnCount) {
+    std::mt19937 rng(23);
+    for (int N = 1; N <= 16; ++N)
+        for (int M : {1, 3, 4, 5, 9, 64})
+            for (int K : {16, 17, 31, 128, 300}) {
+                const int v = N + M + K;
+                Problem p{M, N, K, false, true, v % 2 ? 0.5f : 1.f, v % 3 == 0 ? 0.f : (v % 3 == 1 ? 1.f : -0.5f),
+                          v % 2 == 0, v % 5 < 2};
+                p.relu = v % 4 != 0;
+                p.slope = v % 4 == 3 ? 0.1f : 0.f;
+                if (!check(p, rng)) return;
+            }
+}
+
+// The same path with NaN and -inf inputs: ReLU keeps NaN and maps -inf to 0.
+TEST(Gemm, NarrowTransposedBReluSpecialValues) {
+    const int M = 6, N = 10, K = 20;
+    std::vector<float> A((size_t)M * K, 1.f), B((size_t)N * K, 1.f), C((size_t)M * N, 0.f);
+    std::vector<float> pack(nn::gemm_pack_floats(M, N, K));
+    A[0] = NAN;                          // row 0 of C: NaN
+    A[(size_t)(M - 1) * K] = -INFINITY;  // last row of C: -inf before the ReLU
+    for (float slope : {0.f, 0.25f}) {
+        nn::GemmEpilogue ep;
+        ep.relu = true;
+        ep.slope = slope;
+        nn::gemm_f32_fused(C.data(), N, A.data(), K, false, B.data(), K, true, ep, 1.f, 0.f, pack.data(), M, N, K);
+        for (int j = 0; j < N; ++j) {
+            EXPECT_TRUE(std::isnan(C[j])) << "column " << j;
+            if (slope == 0.f)
+                EXPECT_EQ(C[(size_t)(M - 1) * N + j], 0.f) << "column " << j;
+            else
+                EXPECT_EQ(C[(size_t)(M - 1) * N + j], -INFINITY) << "column " << j;
+            EXPECT_EQ(C[(size_t)N + j], 20.f) << "column " << j;
+        }
+    }
+}
+
 // The fused ReLU / leaky ReLU epilogue on full and ragged tiles, with K
 // split into several blocks so that it must be applied only after the last.
 TEST(Gemm, ReluEpilogue) {
