@@ -1140,6 +1140,10 @@ static void activation_backward(const Layer& L, float* dx, const float* dy, cons
 // Scratch one Dense layer's three GEMMs need at batch B.
 static size_t dense_pack_floats(int in, int out, int B) {
     size_t n = gemm_pack_floats(B, out, in);              // forward
+    if (gemm_dense_forward_transposed(B, in, out)) {      // forward as y^T = W x^T
+        const size_t t = gemm_dense_forward_transposed_floats(B, in, out);
+        n = t > n ? t : n;
+    }
     size_t w = gemm_pack_floats(out, in, B);              // weight gradient
     size_t d = gemm_pack_floats(B, in, out);              // input gradient
     return n > w ? (n > d ? n : d) : (w > d ? w : d);
@@ -1190,6 +1194,29 @@ static void tile_tanh(float* c, int ldc, int mr, int nr, const void*) {
 // GemmEpilogue); only softmax, which needs whole rows, takes a second pass.
 static void dense_forward(Layer& L, float* y, const float* x, int B) {
     const int in = L.in_features, out = L.units;
+    const size_t stride = L.pack_stride ? L.pack_stride : gemm_pack_floats();
+    if (gemm_dense_forward_transposed(B, in, out) && gemm_dense_forward_transposed_floats(B, in, out) <= stride) {
+        // ct = y^T = W x^T: W read in place, only x^T packed; then y = act(ct^T + b)
+        // (kernels/gemm.hpp, 4b). ct sits in the first scratch slot, past
+        // the packing of every thread's share.
+        float* ct = L.pack + gemm_round_up(gemm_pack_floats(out, B, in), 16);
+        GemmJob j{};
+        j.C = ct, j.ldc = B;
+        j.A = L.params[0].data, j.lda = in;
+        j.B = x, j.ldb = in, j.trans_b = true;
+        j.M = out, j.N = B, j.K = in;
+        j.alpha = 1.0f, j.beta = 0.0f;
+        layer_gemm(L, j);
+        const bool relu = L.act == Act::ReLU || L.act == Act::LeakyReLU;
+        float* z = L.act == Act::Softmax ? L.logits : y;
+        transpose_bias_act_f32(z, out, ct, B, L.use_bias ? L.params[1].data : nullptr, B, out, relu,
+                               L.act == Act::LeakyReLU ? L.leaky_slope : 0.0f);
+        const size_t n = (size_t)B * (size_t)out;
+        if (L.act == Act::Sigmoid) sigmoid_forward(y, y, n);
+        if (L.act == Act::Tanh) tanh_forward(y, y, n);
+        if (L.act == Act::Softmax) softmax_forward(y, L.logits, (size_t)B, (size_t)out);
+        return;
+    }
     GemmJob j{};
     j.C = L.act == Act::Softmax ? L.logits : y;
     j.ldc = out;

@@ -1228,6 +1228,88 @@ inline void gemm_f32_part(int ith, int nth, float* C, int ldc, const float* A, i
 }
 
 // ---------------------------------------------------------------------------
+// 4b. The transposed store: y = act(ct^T + bias)
+// ---------------------------------------------------------------------------
+// A Dense forward y = x W^T packs W^T (out x in floats, transposed) on every
+// call. When the batch is small against the layer (rows * (in + out) <
+// out * in: the MLP's 784 -> 128 layer at batch 64), it is cheaper to compute
+// ct = y^T = W x^T, which reads W in place and packs only x^T, and then to
+// transpose ct (out x rows) into y (rows x out) here, adding the bias and
+// the (leaky) ReLU on the way.
+//
+//   y[r*ldy + o] = act(ct[o*ldct + r] + bias[o])   r < rows, o < cols;
+//   act(v) = v > 0 ? v : slope * v when relu (max(v, 0) for slope 0).
+// bias may be null. y and ct must not overlap.
+inline void transpose_bias_act_f32_ref(float* y, int ldy, const float* ct, int ldct, const float* bias, int rows,
+                                       int cols, bool relu, float slope) {
+    // R: rows of y; O: its columns, ct's rows.
+    for (int r = 0; r < rows; ++r)
+        for (int o = 0; o < cols; ++o) {
+            float v = ct[(ptrdiff_t)o * ldct + r];
+            if (bias) v += bias[o];
+            y[(ptrdiff_t)r * ldy + o] = relu ? gemm_relu(v, slope) : v;
+        }
+}
+
+inline void transpose_bias_act_f32(float* y, int ldy, const float* ct, int ldct, const float* bias, int rows,
+                                   int cols, bool relu, float slope) {
+#if NN_SIMD && defined(__AVX512F__)
+    // Blocks of 16 x 16 through registers, then the ragged right and bottom
+    // strips one float at a time.
+    const int rows16 = rows / 16 * 16, cols16 = cols / 16 * 16;
+    for (int o = 0; o < cols16; o += 16)      // O: 16 rows of ct
+        for (int r = 0; r < rows16; r += 16)  // R: 16 columns of ct
+            gemm_f32_transpose_16x16(y + (ptrdiff_t)r * ldy + o, ldy, ct + (ptrdiff_t)o * ldct + r, ldct);
+    for (int r = 0; r < rows; ++r) {
+        float* yr = y + (ptrdiff_t)r * ldy;
+        for (int o = r < rows16 ? cols16 : 0; o < cols; ++o) yr[o] = ct[(ptrdiff_t)o * ldct + r];
+    }
+    // The bias and activation along each row of y, while it is in L1.
+    using simd::vf;
+    constexpr int W = simd::kWidth;
+    const vf vzero(0.f), vslope(slope);
+    for (int r = 0; r < rows; ++r) {  // R: rows of y
+        float* yr = y + (ptrdiff_t)r * ldy;
+        int o = 0;
+        for (; o + W <= cols; o += W) {  // O: one vector per step
+            vf v = vf::load_unaligned(yr + o);
+            if (bias) v += vf::load_unaligned(bias + o);
+            if (relu) v = slope == 0.f ? xsimd::max(vzero, v) : xsimd::select(v > vzero, v, v * vslope);
+            v.store_unaligned(yr + o);
+        }
+        for (; o < cols; ++o) {
+            float v = yr[o];
+            if (bias) v += bias[o];
+            yr[o] = relu ? gemm_relu(v, slope) : v;
+        }
+    }
+#else
+    transpose_bias_act_f32_ref(y, ldy, ct, ldct, bias, rows, cols, relu, slope);
+#endif
+}
+
+// Whether a Dense forward of `rows` samples takes ct = W x^T and the
+// transposed store (see 4b): only where a transposed B would be packed (not
+// the narrow paths of 3b and 3c), and where x^T plus the store move fewer
+// floats than W^T.
+// Measured on AVX-512 only (the 16 x 16 transposes); other targets keep
+// y = x W^T.
+inline bool gemm_dense_forward_transposed(int rows, int in, int out) {
+#if NN_SIMD && defined(__AVX512F__)
+    if (gemm_use_dot(false, true, out, in) || gemm_use_narrow(false, out)) return false;
+    return (long long)rows * (in + out) < (long long)out * in;
+#else
+    (void)rows, (void)in, (void)out;
+    return false;
+#endif
+}
+
+// Scratch floats of that path: the GEMM's packing, then ct (64-byte aligned).
+inline size_t gemm_dense_forward_transposed_floats(int rows, int in, int out) {
+    return gemm_round_up(gemm_pack_floats(out, rows, in), 16) + (size_t)out * (size_t)rows;
+}
+
+// ---------------------------------------------------------------------------
 // 5. The reference: the plain triple loop, same contract as gemm_f32.
 // ---------------------------------------------------------------------------
 inline void gemm_f32_ref(float* C, int ldc, const float* A, int lda, bool trans_a, const float* B,
@@ -5651,6 +5733,10 @@ static void activation_backward(const Layer& L, float* dx, const float* dy, cons
 // Scratch one Dense layer's three GEMMs need at batch B.
 static size_t dense_pack_floats(int in, int out, int B) {
     size_t n = gemm_pack_floats(B, out, in);              // forward
+    if (gemm_dense_forward_transposed(B, in, out)) {      // forward as y^T = W x^T
+        const size_t t = gemm_dense_forward_transposed_floats(B, in, out);
+        n = t > n ? t : n;
+    }
     size_t w = gemm_pack_floats(out, in, B);              // weight gradient
     size_t d = gemm_pack_floats(B, in, out);              // input gradient
     return n > w ? (n > d ? n : d) : (w > d ? w : d);
@@ -5701,6 +5787,29 @@ static void tile_tanh(float* c, int ldc, int mr, int nr, const void*) {
 // GemmEpilogue); only softmax, which needs whole rows, takes a second pass.
 static void dense_forward(Layer& L, float* y, const float* x, int B) {
     const int in = L.in_features, out = L.units;
+    const size_t stride = L.pack_stride ? L.pack_stride : gemm_pack_floats();
+    if (gemm_dense_forward_transposed(B, in, out) && gemm_dense_forward_transposed_floats(B, in, out) <= stride) {
+        // ct = y^T = W x^T: W read in place, only x^T packed; then y = act(ct^T + b)
+        // (kernels/gemm.hpp, 4b). ct sits in the first scratch slot, past
+        // the packing of every thread's share.
+        float* ct = L.pack + gemm_round_up(gemm_pack_floats(out, B, in), 16);
+        GemmJob j{};
+        j.C = ct, j.ldc = B;
+        j.A = L.params[0].data, j.lda = in;
+        j.B = x, j.ldb = in, j.trans_b = true;
+        j.M = out, j.N = B, j.K = in;
+        j.alpha = 1.0f, j.beta = 0.0f;
+        layer_gemm(L, j);
+        const bool relu = L.act == Act::ReLU || L.act == Act::LeakyReLU;
+        float* z = L.act == Act::Softmax ? L.logits : y;
+        transpose_bias_act_f32(z, out, ct, B, L.use_bias ? L.params[1].data : nullptr, B, out, relu,
+                               L.act == Act::LeakyReLU ? L.leaky_slope : 0.0f);
+        const size_t n = (size_t)B * (size_t)out;
+        if (L.act == Act::Sigmoid) sigmoid_forward(y, y, n);
+        if (L.act == Act::Tanh) tanh_forward(y, y, n);
+        if (L.act == Act::Softmax) softmax_forward(y, L.logits, (size_t)B, (size_t)out);
+        return;
+    }
     GemmJob j{};
     j.C = L.act == Act::Softmax ? L.logits : y;
     j.ldc = out;

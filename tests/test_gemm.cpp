@@ -383,6 +383,48 @@ TEST(Gemm, ReluEpilogueSpecialValues) {
     }
 }
 
+// y = act(ct^T + bias), the store behind a Dense forward computed as
+// y^T = W x^T: against its plain loop on sizes around the 16 x 16 blocks,
+// padded leading dimensions, with and without bias, ReLU and leaky ReLU;
+// NaN passes through the ReLU. Nothing outside rows x cols of y is written.
+TEST(Gemm, TransposedStoreMatchesReference) {
+    std::mt19937 rng(29);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (int rows : {1, 15, 16, 17, 64})
+        for (int cols : {1, 16, 33, 128})
+            for (int variant = 0; variant < 4; ++variant) {
+                const bool with_bias = variant != 1, relu = variant >= 2;
+                const float slope = variant == 3 ? 0.1f : 0.f;
+                const int ldct = rows + 3, ldy = cols + 5;
+                std::vector<float> ct((size_t)cols * ldct), bias(cols);
+                for (float& v : ct) v = u(rng);
+                for (float& v : bias) v = u(rng);
+                ct[0] = NAN;
+                std::vector<float> y((size_t)rows * ldy, kSentinel), y_ref = y;
+                nn::transpose_bias_act_f32(y.data(), ldy, ct.data(), ldct, with_bias ? bias.data() : nullptr,
+                                           rows, cols, relu, slope);
+                nn::transpose_bias_act_f32_ref(y_ref.data(), ldy, ct.data(), ldct,
+                                               with_bias ? bias.data() : nullptr, rows, cols, relu, slope);
+                for (int r = 0; r < rows; ++r)
+                    for (int o = 0; o < ldy; ++o) {
+                        const float got = y[(size_t)r * ldy + o], want = y_ref[(size_t)r * ldy + o];
+                        if (o >= cols) {
+                            ASSERT_EQ(got, kSentinel) << "padding written at row " << r << ", column " << o;
+                            continue;
+                        }
+                        float v = ct[(size_t)o * ldct + r] + (with_bias ? bias[o] : 0.f);
+                        if (relu) v = v > 0.f ? v : (slope == 0.f ? (v < 0.f ? 0.f : v) : v * slope);
+                        if (std::isnan(v)) {
+                            ASSERT_TRUE(std::isnan(got) && std::isnan(want)) << r << ", " << o;
+                            continue;
+                        }
+                        ASSERT_EQ(got, v) << "rows " << rows << " cols " << cols << " variant " << variant << " at "
+                                          << r << ", " << o;
+                        ASSERT_EQ(want, v) << "reference at " << r << ", " << o;
+                    }
+            }
+}
+
 // The tile hook sees every element of C exactly once, after the last K
 // block: adding 1000 in it shifts the whole result by exactly 1000.
 TEST(Gemm, TileEpilogueCoversEachElementOnce) {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/activation.hpp"
+#include "kernels/gemm.hpp"
 #include "nn.hpp"
 #include "tests/layer_check.hpp"
 
@@ -133,6 +134,23 @@ INSTANTIATE_TEST_SUITE_P(Acts, LayerGradDense,
                                            DenseCase{Act::Tanh, 0.01f, "Tanh"},
                                            DenseCase{Act::Softmax, 0.01f, "Softmax"}),
                          [](const ::testing::TestParamInfo<DenseCase>& i) { return std::string(i.param.name); });
+
+// A batch small against the layer: on AVX-512 the forward is computed as
+// y^T = W x^T and stored transposed (kernels/gemm.hpp, 4b). Every activation
+// through that path, against the same double reference.
+TEST_P(LayerGradDense, TransposedForwardMatchesDoubleReference) {
+    const DenseCase c = GetParam();
+    const int B = 3, in = 40, units = 37;
+#if NN_SIMD && defined(__AVX512F__)
+    ASSERT_TRUE(nn::gemm_dense_forward_transposed(B, in, units));
+#endif
+    nn::Layer proto = nn::Dense(in, units, c.act);
+    proto.leaky_slope = c.slope;
+    Built b(proto, nn::make_shape({in}), /*max_batch=*/4, /*seed=*/13);
+    nn::Rng rng(103);
+    FVec x = dense_input_away_from_kink(b.L, B, rng, 1e-3);
+    check_layer_against_reference(b.L, B, x, dense_ref(in, units, true, c.act, c.slope), 204);
+}
 
 TEST(LayerGrad, DenseWithoutBias) {
     const int B = 3, in = 5, units = 7;
