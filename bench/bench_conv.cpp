@@ -150,6 +150,7 @@ BENCHMARK_CAPTURE(BM_conv_backward, lenet_conv1, kLenetConv1);
 BENCHMARK_CAPTURE(BM_conv_backward_dw_only, lenet_conv1, kLenetConv1);
 BENCHMARK_CAPTURE(BM_conv_forward, lenet_conv2, kLenetConv2);
 BENCHMARK_CAPTURE(BM_conv_backward, lenet_conv2, kLenetConv2);
+BENCHMARK_CAPTURE(BM_conv_backward_dw_only, lenet_conv2, kLenetConv2);
 BENCHMARK_CAPTURE(BM_conv_forward, depthwise3x3, kDepthwise);
 BENCHMARK_CAPTURE(BM_conv_backward, depthwise3x3, kDepthwise);
 BENCHMARK_CAPTURE(BM_conv_forward, depthwise3x3_gemm, kDepthwiseGemm);
