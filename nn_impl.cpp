@@ -4618,6 +4618,19 @@ Status safetensors_load(const char* path, SafeTensors* out) {
 }
 
 // IEEE half to float, subnormals, infinities and NaN included.
+// Element k of a packed little-endian array of T (tensor data need not be
+// aligned): its raw bits, or its value as a float.
+template <typename T>
+static inline T st_elem_bits(const uint8_t* p, size_t k) {
+    T v;
+    std::memcpy(&v, p + sizeof(T) * k, sizeof(T));
+    return v;
+}
+template <typename T>
+static inline float st_elem(const uint8_t* p, size_t k) {
+    return (float)st_elem_bits<T>(p, k);
+}
+
 static float half_to_float(uint16_t h) {
     const uint32_t sign = (uint32_t)(h >> 15) << 31;
     const int exp = (h >> 10) & 0x1F;
@@ -4651,44 +4664,17 @@ Status SafeTensors::to_f32(const StEntry& e, float* out, size_t count) const {
     }
     for (size_t k = 0; k < count; ++k) {
         switch (e.dtype) {
-            case DType::F32: std::memcpy(out + k, p + 4 * k, 4); break;
-            case DType::F16: {
-                uint16_t h;
-                std::memcpy(&h, p + 2 * k, 2);
-                out[k] = half_to_float(h);
-                break;
-            }
+            case DType::F32: out[k] = st_elem<float>(p, k); break;
+            case DType::F16: out[k] = half_to_float(st_elem_bits<uint16_t>(p, k)); break;
             case DType::BF16: {
-                uint16_t h;
-                std::memcpy(&h, p + 2 * k, 2);
-                const uint32_t bits = (uint32_t)h << 16;
+                const uint32_t bits = (uint32_t)st_elem_bits<uint16_t>(p, k) << 16;
                 std::memcpy(out + k, &bits, 4);
                 break;
             }
-            case DType::F64: {
-                double d;
-                std::memcpy(&d, p + 8 * k, 8);
-                out[k] = (float)d;
-                break;
-            }
-            case DType::I64: {
-                int64_t v;
-                std::memcpy(&v, p + 8 * k, 8);
-                out[k] = (float)v;
-                break;
-            }
-            case DType::I32: {
-                int32_t v;
-                std::memcpy(&v, p + 4 * k, 4);
-                out[k] = (float)v;
-                break;
-            }
-            case DType::I16: {
-                int16_t v;
-                std::memcpy(&v, p + 2 * k, 2);
-                out[k] = (float)v;
-                break;
-            }
+            case DType::F64: out[k] = st_elem<double>(p, k); break;
+            case DType::I64: out[k] = st_elem<int64_t>(p, k); break;
+            case DType::I32: out[k] = st_elem<int32_t>(p, k); break;
+            case DType::I16: out[k] = st_elem<int16_t>(p, k); break;
             case DType::I8: out[k] = (float)(int8_t)p[k]; break;
             case DType::U8:
             case DType::BOOL: out[k] = (float)p[k]; break;

@@ -116,6 +116,26 @@ inline int fail(const nn::Status& st) {
     return 1;
 }
 
+// Compiles with `co` (its max_batch and seed taken from the batch and the
+// arguments), prints the summary, then fits with the common flags while
+// *allocs counts heap allocations per step.
+inline nn::Status compile_and_fit(nn::Model& model, nn::CompileOptions co, const nn::Dataset& train,
+                                  const ExampleArgs& args, int epochs, int batch, StepAllocCounter* allocs) {
+    co.max_batch = batch;
+    co.seed = args.seed;
+    nn::Status st = model.compile(co);
+    if (!st) return st;
+    model.summary();
+    nn::FitOptions fo;
+    fo.epochs = epochs;
+    fo.batch_size = batch;
+    fo.seed = args.seed;
+    fo.verbose = args.verbose;
+    fo.steps_per_epoch = args.steps;
+    allocs->attach(fo);
+    return model.fit(train, fo);
+}
+
 // What the Keras-style classifiers share after building their model:
 // compile with cross-entropy on logits and Adam 1e-3 at the given batch,
 // print the summary, fit (counting heap allocations per step), evaluate on
@@ -125,21 +145,9 @@ inline int fit_and_report(nn::Model& model, const nn::Dataset& train, const nn::
     nn::CompileOptions co;
     co.loss = nn::CrossEntropy();  // on the logits, with a stable softmax
     co.optimizer = nn::Adam(1e-3f);
-    co.max_batch = batch;
-    co.seed = args.seed;
-    nn::Status st = model.compile(co);
-    if (!st) return fail(st);
-    model.summary();
-
-    nn::FitOptions fo;
-    fo.epochs = epochs;
-    fo.batch_size = batch;
-    fo.seed = args.seed;
-    fo.verbose = args.verbose;
-    fo.steps_per_epoch = args.steps;
     StepAllocCounter allocs;
-    allocs.attach(fo);
-    if (!(st = model.fit(train, fo))) return fail(st);
+    nn::Status st = compile_and_fit(model, co, train, args, epochs, batch, &allocs);
+    if (!st) return fail(st);
 
     nn::EvalResult r;
     if (!(st = model.evaluate(test, &r))) return fail(st);

@@ -105,21 +105,9 @@ int main(int argc, char** argv) {
     co.loss = nn::MSE();
     co.metric = nn::Metric::None;
     co.optimizer = nn::Adam(3e-3f);
-    co.max_batch = batch;
-    co.seed = args.seed;
-    nn::Status st = model.compile(co);
-    if (!st) return fail(st);
-    model.summary();
-
-    nn::FitOptions fo;
-    fo.epochs = epochs;
-    fo.batch_size = batch;
-    fo.seed = args.seed;
-    fo.verbose = args.verbose;
-    fo.steps_per_epoch = args.steps;
     StepAllocCounter allocs;
-    allocs.attach(fo);
-    if (!(st = model.fit(train, fo))) return fail(st);
+    nn::Status st = compile_and_fit(model, co, train, args, epochs, batch, &allocs);
+    if (!st) return fail(st);
 
     nn::EvalResult r;
     if (!(st = model.evaluate(test, &r))) return fail(st);
