@@ -197,7 +197,8 @@ int check_case(Path p, Conv2dGeom g, bool with_bias, std::mt19937& rng) {
 // The grid: kernels 1x1, 3x3, 5x5 (and 3x5), strides 1 and 2, padding 0, 1,
 // 2 and "same" (d (k - 1) / 2), dilation 1 and 2, groups 1, 2 and depthwise
 // (multiplier 1 and 2, and C_in = 1), 18 output channels (several GEMM row
-// tiles, so the per-row bias must find its row), sizes 1x1, 5x7, 7x5, 28x28,
+// tiles, so the per-row bias must find its row), 2 groups of 12 (the row
+// path's dot-product weight gradient), sizes 1x1, 5x7, 7x5, 28x28,
 // 9x40 (40: two vectors and a partial one on AVX-512), batch 1 and 3, bias on
 // and off. Geometries PyTorch rejects (kernel larger than the padded input)
 // are checked to be rejected and skipped.
@@ -208,8 +209,9 @@ struct GridCase {
 std::vector<GridCase> grid() {
     const int kernels[][2] = {{1, 1}, {3, 3}, {5, 5}, {3, 5}};
     const int sizes[][2] = {{1, 1}, {5, 7}, {7, 5}, {28, 28}, {9, 40}};
-    // {C_in, C_out, groups}; 18 output channels span several GEMM row tiles.
-    const int chans[][3] = {{3, 4, 1}, {4, 6, 2}, {4, 4, 4}, {3, 6, 3}, {1, 3, 1}, {2, 18, 1}};
+    // {C_in, C_out, groups}; 18 output channels span several GEMM row tiles;
+    // 12 per group take the row path's dot-product weight gradient.
+    const int chans[][3] = {{3, 4, 1}, {4, 6, 2}, {4, 4, 4}, {3, 6, 3}, {1, 3, 1}, {2, 18, 1}, {4, 24, 2}};
     std::vector<GridCase> out;
     int i = 0;
     for (const auto& k : kernels)
