@@ -35,7 +35,9 @@
 //      outputs the OH short copies per row of plain im2col cost more than
 //      the GEMM itself. The weight gradient is summed directly from the
 //      padded planes for at most kConvRowsDirectDw output channels per group
-//      (conv_rows_dw), else by im2col and dW += dY' col^T.
+//      (conv_rows_dw), up to kConvRowsDotDw on AVX-512 by the GEMM's
+//      dot-product tiles reading the planes in place (conv_rows_dw_dot),
+//      else by im2col and dW += dY' col^T.
 //   2. direct depthwise (conv2d_depthwise_forward / _backward), when every
 //      group has one input channel (groups == C_in, C_out = multiplier * C_in;
 //      C_in = 1 counts). A GEMM with M = multiplier rows (usually 1) and

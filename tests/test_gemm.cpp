@@ -390,8 +390,8 @@ TEST(Gemm, ReluEpilogueSpecialValues) {
 TEST(Gemm, TransposedStoreMatchesReference) {
     std::mt19937 rng(29);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
-    for (int rows : {1, 15, 16, 17, 64})
-        for (int cols : {1, 16, 33, 128})
+    for (int rows : {1, 3, 15, 16, 17, 64})
+        for (int cols : {1, 3, 16, 17, 33, 128})
             for (int variant = 0; variant < 4; ++variant) {
                 const bool with_bias = variant != 1, relu = variant >= 2;
                 const float slope = variant == 3 ? 0.1f : 0.f;
