@@ -2,6 +2,7 @@
 // normalisation, split, gather and the batch iterator.
 #include <gtest/gtest.h>
 
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -370,6 +371,69 @@ TEST_F(DataTest, FashionMnistLayoutFromSmallFiles) {
     EXPECT_EQ(te.n, 1u);
     EXPECT_EQ(tr.num_classes, 10);
     EXPECT_EQ(te.num_classes, 10);  // even though its labels only reach 1
+}
+
+// The "THPeligible:" line of the /proc/self/smaps mapping that holds
+// address p: 1 or 0, or -1 when there is no such line (not Linux, a kernel
+// older than 5.x, or an emulator's view of /proc).
+int large_page_eligible(const void* p) {
+    FILE* f = std::fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    const uintptr_t a = (uintptr_t)p;
+    char line[512];
+    bool inside = false;
+    int found = -1;
+    while (std::fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
+            inside = a >= lo && a < hi;
+            continue;
+        }
+        int v;
+        if (inside && std::sscanf(line, "THPeligible: %d", &v) == 1) {
+            found = v;
+            break;
+        }
+    }
+    std::fclose(f);
+    return found;
+}
+
+// A data set read at random row by row asks for 2 MB pages (one TLB entry
+// per 2 MB instead of per 4 KB). Checked where it can be seen: the kernel
+// must report THPeligible, grant it to a region advised by hand, and not to
+// a region that was not advised (transparent huge pages in "madvise" mode,
+// Debian's default); elsewhere the test has nothing to compare and skips.
+TEST_F(DataTest, LargeIdxDataAsksForLargePages) {
+    const size_t kBig = 8u << 20;
+    std::vector<uint8_t> plain, advised;
+    plain.reserve(kBig);
+    advised.reserve(kBig);
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    const uintptr_t inside_plain = ((uintptr_t)plain.data() + huge - 1) & ~(huge - 1);
+    const uintptr_t inside_advised = ((uintptr_t)advised.data() + huge - 1) & ~(huge - 1);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const bool advise_ok = madvise((void*)inside_advised, huge, MADV_HUGEPAGE) == 0;
+#else
+    const bool advise_ok = false;
+#endif
+    if (!advise_ok || large_page_eligible((void*)inside_advised) != 1 ||
+        large_page_eligible((void*)inside_plain) != 0)
+        GTEST_SKIP() << "this kernel (or emulator) does not show advised large pages apart";
+
+    const uint32_t n = 12000;  // 12000 x 28 x 28 bytes: 9.4 MB
+    std::vector<uint8_t> pixels = iota_bytes((size_t)n * 784);
+    std::vector<uint8_t> labels((size_t)n);
+    for (uint32_t i = 0; i < n; ++i) labels[i] = (uint8_t)(i % 10);
+    const std::string images = write("big-images", idx_bytes(0x08, {n, 28, 28}, pixels));
+    const std::string label_file = write("big-labels", idx_bytes(0x08, {n}, labels));
+    nn::Dataset d;
+    nn::Status st = nn::load_idx(images.c_str(), label_file.c_str(), &d);
+    ASSERT_TRUE(st.ok()) << st.message();
+    ASSERT_EQ(d.u8.size(), (size_t)n * 784);
+    EXPECT_EQ(d.u8, pixels);
+    const uintptr_t middle = ((uintptr_t)d.u8.data() + d.u8.size() / 2) & ~(huge - 1);
+    EXPECT_EQ(large_page_eligible((void*)middle), 1) << "the pixel buffer was not advised for 2 MB pages";
 }
 
 TEST(DataFashionMnist, LoadsInstalledCopy) {

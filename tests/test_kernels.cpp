@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "kernels/activation.hpp"
+#include "kernels/convert.hpp"
 #include "kernels/loss.hpp"
 
 namespace {
@@ -315,6 +316,45 @@ TEST(ActKernels, MultiplyEveryLengthMatchesRefExactly) {
         nn::multiply(x.p, x.p, m.p, n);  // y may alias x
         for (size_t i = 0; i < n; ++i) ASSERT_EQ(x.p[i], yr.p[i]) << "in place, n " << n;
         ASSERT_TRUE(y.guards_ok() && x.guards_ok()) << n;
+    }
+}
+
+// Bytes to floats (nn::gather's per-batch conversion), from a byte pointer
+// one past a 16-byte boundary, every byte value 0..255 among the inputs.
+// x * scale rounds once: the float of the exact product, in both bodies.
+// The normalised form (x * scale - mean) * inv_std rounds the product (or
+// not, when contracted into an fma), the difference and the last product,
+// each by at most half an ulp of its exact value: the bound below adds the
+// first two, carried through * inv_std, and the third.
+TEST(ConvertKernels, BytesToFloatsEveryLengthMatchesRefAndDouble) {
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (size_t n = 0; n <= kMaxLen + W; ++n) {
+        std::vector<uint8_t> bytes(n + 1);
+        const uint8_t* src = bytes.data() + 1;
+        for (size_t i = 0; i < n; ++i) bytes[i + 1] = (uint8_t)((i * 37 + n * 101) % 256);
+        if (n > 0) bytes[1] = 255;
+        if (n > 1) bytes[n] = 0;
+        Buf mean(n), inv_std(n), y(n), yr(n);
+        for (size_t i = 0; i < n; ++i) mean.p[i] = 0.5f * u(rng), inv_std.p[i] = 1.0f + 3.0f * std::fabs(u(rng));
+        for (float scale : {1.0f / 255.0f, 0.5f, -3.0f}) {
+            nn::u8_to_f32(y.p, src, scale, nullptr, nullptr, n);
+            nn::u8_to_f32_ref(yr.p, src, scale, nullptr, nullptr, n);
+            for (size_t i = 0; i < n; ++i) {
+                ASSERT_EQ(y.p[i], (float)((double)src[i] * scale)) << "n " << n << " i " << i;
+                ASSERT_EQ(yr.p[i], y.p[i]) << "n " << n << " i " << i;
+            }
+            nn::u8_to_f32(y.p, src, scale, mean.p, inv_std.p, n);
+            nn::u8_to_f32_ref(yr.p, src, scale, mean.p, inv_std.p, n);
+            for (size_t i = 0; i < n; ++i) {
+                const double prod = (double)src[i] * scale, diff = prod - mean.p[i];
+                const double want = diff * inv_std.p[i];
+                const double tol = 0.5 * (ulp(prod) + ulp(diff)) * inv_std.p[i] + 0.5 * ulp(want);
+                ASSERT_TRUE(near_abs(y.p[i], want, tol)) << "n " << n << " i " << i << " byte " << (int)src[i];
+                ASSERT_TRUE(near_abs(yr.p[i], want, tol)) << "ref, n " << n << " i " << i;
+            }
+            ASSERT_TRUE(y.guards_ok() && yr.guards_ok()) << n;
+        }
     }
 }
 
