@@ -93,8 +93,16 @@ firmware-header: $(BUILD)/nn-export $(BUILD)/firmware_model
 	$(abspath $(BUILD))/firmware_model $(BUILD)/firmware_mlp.safetensors
 	$(abspath $(BUILD))/nn-export $(BUILD)/firmware_mlp.safetensors examples/firmware_mlp.hpp --name firmware_mlp
 
-$(BUILD)/nn_tests: $(TEST_SRC) $(wildcard tests/*.inc) $(wildcard tests/*.hpp) examples/alloc_counter.hpp $(BUILD)/nn_impl.o
-	$(CXX) $(CXXFLAGS_ALL) $(TEST_SRC) $(BUILD)/nn_impl.o -o $@ -lgtest $(LIBS)
+# One object per test file, so that `make -j2 test` compiles two at a time.
+TEST_HDRS = $(wildcard tests/*.inc) $(wildcard tests/*.hpp) examples/alloc_counter.hpp $(LIB_DEPS)
+TEST_OBJ  = $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SRC))
+
+$(BUILD)/tests/%.o: tests/%.cpp $(TEST_HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/nn_tests: $(TEST_OBJ) $(BUILD)/nn_impl.o
+	$(CXX) $(CXXFLAGS_ALL) $(TEST_OBJ) $(BUILD)/nn_impl.o -o $@ -lgtest $(LIBS)
 
 # Each run ends with the line "N passed, M failed" and fails on any failure.
 test: deps
@@ -162,8 +170,10 @@ deps:
 dist: nn.hpp nn_impl.cpp $(wildcard kernels/*.hpp) tools/amalgamate.sh
 	@sh tools/amalgamate.sh dist
 
+# JOBS: compilers run at once (CI passes 2).
+JOBS ?= 1
 test-dist:
-	CXX="$(CXX)" FLAGS="$(STD) $(OPT) $(ARCH) $(WARN) $(EXTRA)" DEFS="$(DEFS)" LIBS="$(LIBS)" \
+	CXX="$(CXX)" FLAGS="$(STD) $(OPT) $(ARCH) $(WARN) $(EXTRA)" DEFS="$(DEFS)" LIBS="$(LIBS)" JOBS="$(JOBS)" \
 	  sh tests/dist_test.sh
 
 # Fuzzing the file readers with libFuzzer (clang): fuzz/fuzz.mk.
@@ -198,8 +208,12 @@ $(BUILD)/$(1)/nn_impl.o: $(LIB_SRC) $(LIB_DEPS)
 	@mkdir -p $$(@D)
 	$(2) $(STD) $(ARM_OPT) $(WARN) $(LIBFLAGS) -I. -c $(LIB_SRC) -o $$@
 
-$(BUILD)/$(1)/nn_tests: $(TEST_SRC) $(wildcard tests/*.inc) $(wildcard tests/*.hpp) examples/alloc_counter.hpp $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o
-	$(2) $(STD) $(ARM_OPT) $(WARN) -I. -I$(GTEST_DIR)/include $(TEST_SRC) $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o -o $$@ -lpthread
+$(BUILD)/$(1)/tests/%.o: tests/%.cpp $(TEST_HDRS)
+	@mkdir -p $$(@D)
+	$(2) $(STD) $(ARM_OPT) $(WARN) -I. -I$(GTEST_DIR)/include -c $$< -o $$@
+
+$(BUILD)/$(1)/nn_tests: $(patsubst tests/%.cpp,$(BUILD)/$(1)/tests/%.o,$(TEST_SRC)) $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o
+	$(2) $(STD) $(ARM_OPT) $(WARN) $(patsubst tests/%.cpp,$(BUILD)/$(1)/tests/%.o,$(TEST_SRC)) $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o -o $$@ -lpthread
 
 test-$(1): deps-arm
 	@$(MAKE) --no-print-directory $(BUILD)/$(1)/nn_tests

@@ -3155,31 +3155,6 @@ Status split(Dataset& d, float fraction, Dataset* val) {
 
 // --- gather: the per-step conversion ----------------------------------------
 
-// One sample's features: dst[f] = (src[f] * scale - mean[f]) * inv_std[f]
-// (mean null: dst[f] = src[f] * scale). Bytes go through the vector kernel
-// of kernels/convert.hpp. Floats go in blocks of 16 with a fixed-count inner
-// loop, which GCC and clang vectorise even at -O2 (whose cheap cost model
-// skips loops of unknown length), then a scalar tail.
-static inline void gather_row(float* __restrict dst, const uint8_t* __restrict src, size_t F, float scale,
-                              const float* __restrict mean, const float* __restrict inv_std) {
-    u8_to_f32(dst, src, scale, mean, inv_std, F);
-}
-
-static inline void gather_row(float* __restrict dst, const float* __restrict src, size_t F, float scale,
-                              const float* __restrict mean, const float* __restrict inv_std) {
-    size_t f = 0;
-    if (mean) {
-        for (; f + 16 <= F; f += 16)      // block of 16 features
-            for (size_t k = 0; k < 16; ++k)  // feature f + k
-                dst[f + k] = (src[f + k] * scale - mean[f + k]) * inv_std[f + k];
-        for (; f < F; ++f) dst[f] = (src[f] * scale - mean[f]) * inv_std[f];
-    } else {
-        for (; f + 16 <= F; f += 16)
-            for (size_t k = 0; k < 16; ++k) dst[f + k] = src[f + k] * scale;
-        for (; f < F; ++f) dst[f] = src[f] * scale;
-    }
-}
-
 static inline void prefetch_bytes(const char* p, size_t n) {
 #if defined(__GNUC__)
     for (size_t off = 0; off < n; off += 64) __builtin_prefetch(p + off);
@@ -3222,9 +3197,9 @@ void gather(const Dataset& d, const uint32_t* idx, int count, float* x, int32_t*
         }
         if (x) {
             if (!d.u8.empty())
-                gather_row(x + (size_t)i * F, d.u8.data() + s * F, F, d.scale, mean, inv_std);
+                convert_f32(x + (size_t)i * F, d.u8.data() + s * F, d.scale, mean, inv_std, F);
             else
-                gather_row(x + (size_t)i * F, d.f32.data() + s * F, F, d.scale, mean, inv_std);
+                convert_f32(x + (size_t)i * F, d.f32.data() + s * F, d.scale, mean, inv_std, F);
         }
         if (has_labels) {
             const int32_t label = d.labels[s];

@@ -12,6 +12,7 @@ CXX=${CXX:-g++}
 FLAGS=${FLAGS:--std=c++17 -O2 -march=native -Wall -Wextra}
 DEFS=${DEFS:-}
 LIBS=${LIBS:--lpthread}
+JOBS=${JOBS:-1}
 root=$(pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/nn-dist.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -32,11 +33,15 @@ done
 cd "$work"
 # shellcheck disable=SC2086  # FLAGS, DEFS and LIBS are word lists
 $CXX $FLAGS $DEFS -fno-exceptions -fno-rtti -Ilib -c lib/nn_impl.cpp -o nn_impl.o
-for ex in app/examples/*.cpp; do
-    # shellcheck disable=SC2086
-    $CXX $FLAGS $DEFS -Ilib -Iapp "$ex" nn_impl.o -o "$(basename "$ex" .cpp)" $LIBS
-done
+# The examples and the test files, JOBS compilers at a time (xargs fails if
+# any of them does).
+export CXX FLAGS DEFS LIBS
+for ex in app/examples/*.cpp; do echo "$ex $(basename "$ex" .cpp)"; done |
+    xargs -n 2 -P "$JOBS" sh -c '$CXX $FLAGS $DEFS -Ilib -Iapp "$0" nn_impl.o -o "$1" $LIBS'
+mkdir -p obj
+for t in app/tests/*.cpp; do echo "$t obj/$(basename "$t" .cpp).o"; done |
+    xargs -n 2 -P "$JOBS" sh -c '$CXX $FLAGS $DEFS -Ilib -Iapp -c "$0" -o "$1"'
 # shellcheck disable=SC2086
-$CXX $FLAGS $DEFS -Ilib -Iapp app/tests/*.cpp nn_impl.o -o nn_tests -lgtest $LIBS
+$CXX $FLAGS obj/*.o nn_impl.o -o nn_tests -lgtest $LIBS
 ./spirals --epochs 5 --verbose 0 | grep '^RESULT '
 ./nn_tests

@@ -338,14 +338,18 @@ TEST(ConvertKernels, BytesToFloatsEveryLengthMatchesRefAndDouble) {
         Buf mean(n), inv_std(n), y(n), yr(n);
         for (size_t i = 0; i < n; ++i) mean.p[i] = 0.5f * u(rng), inv_std.p[i] = 1.0f + 3.0f * std::fabs(u(rng));
         for (float scale : {1.0f / 255.0f, 0.5f, -3.0f}) {
-            nn::u8_to_f32(y.p, src, scale, nullptr, nullptr, n);
-            nn::u8_to_f32_ref(yr.p, src, scale, nullptr, nullptr, n);
+            nn::convert_f32(y.p, src, scale, nullptr, nullptr, n);
+            nn::convert_f32_ref(yr.p, src, scale, nullptr, nullptr, n);
             for (size_t i = 0; i < n; ++i) {
                 ASSERT_EQ(y.p[i], (float)((double)src[i] * scale)) << "n " << n << " i " << i;
                 ASSERT_EQ(yr.p[i], y.p[i]) << "n " << n << " i " << i;
             }
-            nn::u8_to_f32(y.p, src, scale, mean.p, inv_std.p, n);
-            nn::u8_to_f32_ref(yr.p, src, scale, mean.p, inv_std.p, n);
+            nn::convert_f32(y.p, src, scale, mean.p, inv_std.p, n);
+            nn::convert_f32_ref(yr.p, src, scale, mean.p, inv_std.p, n);
+            // Floats of the same values take the same operations: equal results.
+            FVec as_float(src, src + n), yf(n);
+            nn::convert_f32(yf.data(), as_float.data(), scale, mean.p, inv_std.p, n);
+            for (size_t i = 0; i < n; ++i) ASSERT_EQ(yf[i], y.p[i]) << "float source, n " << n << " i " << i;
             for (size_t i = 0; i < n; ++i) {
                 const double prod = (double)src[i] * scale, diff = prod - mean.p[i];
                 const double want = diff * inv_std.p[i];

@@ -1233,7 +1233,7 @@ TEST(GradCheckUtil, CorrectCustomLayerPasses) {
     EXPECT_EQ(res.checked, B * F + F);
     // And against the double reference, independently of gradient_check.
     check_layer_against_reference(b.L, B, x,
-                                  [F](const DVec& xv, const std::vector<DVec>& p, DVec* y) {
+                                  [](const DVec& xv, const std::vector<DVec>& p, DVec* y) {
                                       y->resize(xv.size());
                                       for (size_t i = 0; i < xv.size(); ++i) (*y)[i] = xv[i] * p[0][i % F];
                                   },
