@@ -844,7 +844,7 @@ inline void gemm_f32_narrow(float* C, int ldc, const float* A, int lda, const fl
 }
 
 // ---------------------------------------------------------------------------
-// 3c. Narrow C with B transposed: dot products along K (AVX-512)
+// 3c. C = A B^T as dot products along K (AVX-512): narrow C, or long K
 // ---------------------------------------------------------------------------
 // The classifier's forward, C (M x 10) = X (M x K) * W^T with W (10 x K): both
 // operands are rows contiguous along K, and on the path of 3b each FMA
@@ -854,8 +854,11 @@ inline void gemm_f32_narrow(float* C, int ldc, const float* A, int lda, const fl
 // folded into vectors (gemm_dot_reduce16: 16 dot products in 30 shuffles
 // and 15 adds; gemm_dot_reduce4 for a fifth column), whose 128-bit lane i is
 // row i of the tile. The fold is a fixed cost per element of C, so this
-// path pays off for narrow C only: 64 x 10 x 128 runs at 1.05x OpenBLAS
-// here, against 0.53x on the path of 3b.
+// path pays off for narrow C (64 x 10 x 128 runs at 1.05x OpenBLAS here,
+// against 0.53x on the path of 3b), and for wider C when K is long enough
+// to hide the fold and A fits in L2: the MLP's 784 -> 128 forward,
+// y = x W^T, then needs neither a packed W^T nor a transposed store (see
+// gemm_use_dot below).
 //
 // gemm_f32_dot_tile<S>: contract, for i < mr <= 4, j < S <= 5,
 //   acc[j][i]     = sum_{p < K} a[i*lda + p] * b[j*ldb + p], summed as 16
@@ -1004,12 +1007,25 @@ constexpr bool kGemmHasDot = false;
 #endif
 
 // Whether C = A * B^T (both read along K) takes the dot-product tiles:
-// a narrow C, and K long enough to fill a vector.
-inline bool gemm_use_dot(bool trans_a, bool trans_b, int N, int K) {
+// a narrow C, and K long enough to fill a vector ...
+inline bool gemm_use_dot_narrow(bool trans_a, bool trans_b, int N, int K) {
     return kGemmHasDot && !trans_a && trans_b && N <= 16 && N < kGemmNR && K >= 16;
 }
+// ... or a wider C when K is long enough to repay each element's final
+// fold and A fits in half of L2 (it is read again for every 5 rows of B).
+// That skips packing B^T and, for the Dense forward, the transposed store.
+// Measured on Zen 5 (GFLOP/s, packed -> dot tiles): 64x128x784 199 -> 216,
+// 64x120x400 188 -> 213, 32x128x784 180 -> 209, 128x128x784 214 -> 223;
+// packing stays ahead at 64x128x256 (207 vs 199) and 256x256x1024 (217 vs
+// 208, A is 1 MB).
+constexpr int kGemmDotWideK = 384;
+inline bool gemm_use_dot(bool trans_a, bool trans_b, int M, int N, int K) {
+    if (gemm_use_dot_narrow(trans_a, trans_b, N, K)) return true;
+    return kGemmHasDot && !trans_a && trans_b && K >= kGemmDotWideK &&
+           (long long)M * K * (long long)sizeof(float) <= kGemmL2Bytes / 2;
+}
 
-// C (M x N, N <= 16) = A (M x K) * B^T, B stored (N x K): loop 2 over columns
+// C (M x N) = A (M x K) * B^T, B stored (N x K): loop 2 over columns
 // in tiles of 5 or 4, loop 1 over rows in tiles of 4, K whole inside the tile.
 inline void gemm_f32_dot(float* C, int ldc, const float* A, int lda, const float* B, int ldb,
                          const GemmEpilogue& ep, float alpha, float beta, int M, int N, int K) {
@@ -1058,10 +1074,10 @@ inline void gemm_f32_dot(float* C, int ldc, const float* A, int lda, const float
 // small MLP shapes. Only a ragged last sliver is packed, so that its zero
 // padding keeps the kernel inside A.
 //
-// narrow_ok = false keeps a narrow C off the narrow path of 3b:
-// gemm_f32_part passes it for a thread's share of a C that is not narrow
-// itself, so that a last share of a few columns goes through the same edge
-// tiles as in the one-thread run (the narrow path sums in another order).
+// narrow_ok = false keeps C off the paths of 3b and 3c: gemm_f32_part
+// passes it for a thread's share of a C that takes neither itself, so that
+// a last share of a few columns goes through the same edge tiles as in the
+// one-thread run (those paths sum in another order).
 inline void gemm_f32_fused(float* C, int ldc, const float* A, int lda, bool trans_a,
                            const float* B, int ldb, bool trans_b, const GemmEpilogue& ep,
                            float alpha, float beta, float* pack, int M, int N, int K,
@@ -1080,7 +1096,7 @@ inline void gemm_f32_fused(float* C, int ldc, const float* A, int lda, bool tran
         if (ep.tile_fn) ep.tile_fn(C, ldc, M, N, ep.tile_ctx);
         return;
     }
-    if (narrow_ok && gemm_use_dot(trans_a, trans_b, N, K)) {  // a narrow C = A B^T: see 3c
+    if (narrow_ok && gemm_use_dot(trans_a, trans_b, M, N, K)) {  // C = A B^T in dot tiles: see 3c
         gemm_f32_dot(C, ldc, A, lda, B, ldb, ep, alpha, beta, M, N, K);
         return;
     }
@@ -1224,7 +1240,8 @@ inline void gemm_f32_part(int ith, int nth, float* C, int ldc, const float* A, i
     GemmEpilogue e = ep;
     if (e.bias) e.bias += s.j0;
     gemm_f32_fused(C + (ptrdiff_t)s.i0 * ldc + s.j0, ldc, a, lda, trans_a, b, ldb, trans_b, e,
-                   alpha, beta, pack, s.i1 - s.i0, s.j1 - s.j0, K, gemm_use_narrow(trans_a, N));
+                   alpha, beta, pack, s.i1 - s.i0, s.j1 - s.j0, K,
+                   gemm_use_narrow(trans_a, N) || gemm_use_dot(trans_a, trans_b, M, N, K));
 }
 
 // ---------------------------------------------------------------------------
@@ -1296,7 +1313,7 @@ inline void transpose_bias_act_f32(float* y, int ldy, const float* ct, int ldct,
 // y = x W^T.
 inline bool gemm_dense_forward_transposed(int rows, int in, int out) {
 #if NN_SIMD && defined(__AVX512F__)
-    if (gemm_use_dot(false, true, out, in) || gemm_use_narrow(false, out)) return false;
+    if (gemm_use_dot(false, true, rows, out, in) || gemm_use_narrow(false, out)) return false;
     return (long long)rows * (in + out) < (long long)out * in;
 #else
     (void)rows, (void)in, (void)out;
@@ -2981,7 +2998,7 @@ constexpr int kConvRowsDotDw = 16;
 
 inline bool conv_rows_dw_dot_ok(int cog, const Conv2dGeom& g) {
     const int n = g.OH * (g.W + 2 * g.pw);
-    return cog > kConvRowsDirectDw && cog <= kConvRowsDotDw && gemm_use_dot(false, true, g.KW, n);
+    return cog > kConvRowsDirectDw && cog <= kConvRowsDotDw && gemm_use_dot_narrow(false, true, g.KW, n);
 }
 
 inline void conv_rows_dw_dot(float* dwg, const float* dyrows, const float* xpad, int cig, int cog, const Conv2dGeom& g) {

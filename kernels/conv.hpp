@@ -512,7 +512,7 @@ constexpr int kConvRowsDotDw = 16;
 
 inline bool conv_rows_dw_dot_ok(int cog, const Conv2dGeom& g) {
     const int n = g.OH * (g.W + 2 * g.pw);
-    return cog > kConvRowsDirectDw && cog <= kConvRowsDotDw && gemm_use_dot(false, true, g.KW, n);
+    return cog > kConvRowsDirectDw && cog <= kConvRowsDotDw && gemm_use_dot_narrow(false, true, g.KW, n);
 }
 
 inline void conv_rows_dw_dot(float* dwg, const float* dyrows, const float* xpad, int cig, int cog, const Conv2dGeom& g) {

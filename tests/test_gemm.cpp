@@ -326,6 +326,31 @@ TEST(Gemm, NarrowTransposedBEveryColumnCount) {
             }
 }
 
+// Wider C = A B^T with a long K, which takes the dot-product tiles of 3c
+// on AVX-512 (gemm_use_dot; elsewhere the packed path, checked the same
+// way): ragged row and column tiles, K around a vector multiple, alpha,
+// beta (NaN planted in C for beta = 0), bias and (leaky) ReLU, padded C.
+TEST(Gemm, WideTransposedBLongK) {
+    std::mt19937 rng(29);
+    for (int N : {17, 21, 37, 128})
+        for (int M : {1, 3, 5, 64})
+            for (int K : {nn::kGemmDotWideK, nn::kGemmDotWideK + 1, 400, 784}) {
+                if (nn::kGemmHasDot) {
+                    EXPECT_TRUE(nn::gemm_use_dot(false, true, M, N, K)) << M << "x" << N << "x" << K;
+                }
+                const int v = N + M + K;
+                Problem p{M, N, K, false, true, v % 2 ? 0.5f : 1.f, v % 3 == 0 ? 0.f : (v % 3 == 1 ? 1.f : -0.5f),
+                          v % 2 == 0, v % 5 < 2};
+                p.relu = v % 4 != 0;
+                p.slope = v % 4 == 3 ? 0.1f : 0.f;
+                if (!check(p, rng)) return;
+            }
+    // Past half of L2 for A, or a short K: the packed path.
+    EXPECT_FALSE(nn::gemm_use_dot(false, true, 256, 256, 1024));
+    EXPECT_FALSE(nn::gemm_use_dot(false, true, 64, 128, 256));
+    EXPECT_FALSE(nn::gemm_use_dot(true, true, 64, 128, 784));
+}
+
 // The same path with NaN and -inf inputs: ReLU keeps NaN and maps -inf to 0.
 TEST(Gemm, NarrowTransposedBReluSpecialValues) {
     const int M = 6, N = 10, K = 20;
