@@ -307,6 +307,18 @@ TEST(Gemm, AcrossEachBlockBoundary) {
         if (!check(p, rng)) return;
 }
 
+// C = A B^T of one shape, its alpha, beta (0: NaN in C), bias, (leaky)
+// ReLU and padding picked from the shape, so that a sweep over shapes
+// covers every combination.
+Problem transposed_b_variant(int M, int N, int K) {
+    const int v = N + M + K;
+    Problem p{M, N, K, false, true, v % 2 ? 0.5f : 1.f, v % 3 == 0 ? 0.f : (v % 3 == 1 ? 1.f : -0.5f),
+              v % 2 == 0, v % 5 < 2};
+    p.relu = v % 4 != 0;
+    p.slope = v % 4 == 3 ? 0.1f : 0.f;
+    return p;
+}
+
 // C = A B^T with at most 16 columns: the dot-product tiles of 3c on
 // AVX-512 (the path of 3b elsewhere). Every column count (tiles of 5, 4 and
 // the rest), row counts around the 4-row tile, K at, around and well past
@@ -317,12 +329,7 @@ TEST(Gemm, NarrowTransposedBEveryColumnCount) {
     for (int N = 1; N <= 16; ++N)
         for (int M : {1, 3, 4, 5, 9, 64})
             for (int K : {16, 17, 31, 128, 300}) {
-                const int v = N + M + K;
-                Problem p{M, N, K, false, true, v % 2 ? 0.5f : 1.f, v % 3 == 0 ? 0.f : (v % 3 == 1 ? 1.f : -0.5f),
-                          v % 2 == 0, v % 5 < 2};
-                p.relu = v % 4 != 0;
-                p.slope = v % 4 == 3 ? 0.1f : 0.f;
-                if (!check(p, rng)) return;
+                if (!check(transposed_b_variant(M, N, K), rng)) return;
             }
 }
 
@@ -338,12 +345,7 @@ TEST(Gemm, WideTransposedBLongK) {
                 if (nn::kGemmHasDot) {
                     EXPECT_TRUE(nn::gemm_use_dot(false, true, M, N, K)) << M << "x" << N << "x" << K;
                 }
-                const int v = N + M + K;
-                Problem p{M, N, K, false, true, v % 2 ? 0.5f : 1.f, v % 3 == 0 ? 0.f : (v % 3 == 1 ? 1.f : -0.5f),
-                          v % 2 == 0, v % 5 < 2};
-                p.relu = v % 4 != 0;
-                p.slope = v % 4 == 3 ? 0.1f : 0.f;
-                if (!check(p, rng)) return;
+                if (!check(transposed_b_variant(M, N, K), rng)) return;
             }
     // Past half of L2 for A, or a short K: the packed path.
     EXPECT_FALSE(nn::gemm_use_dot(false, true, 256, 256, 1024));
