@@ -987,7 +987,8 @@ inline void gemm_f32_part(int ith, int nth, float* C, int ldc, const float* A, i
 // ---------------------------------------------------------------------------
 // A Dense forward y = x W^T packs W^T (out x in floats, transposed) on every
 // call. When the batch is small against the layer (rows * (in + out) <
-// out * in: the MLP's 784 -> 128 layer at batch 64), it is cheaper to compute
+// out * in: the ConvNet's 3136 -> 1024 layer at batch 64; layers whose
+// input fits the dot-product tiles of 3c take those instead), it is cheaper to compute
 // ct = y^T = W x^T, which reads W in place and packs only x^T, and then to
 // transpose ct (out x rows) into y (rows x out) here, adding the bias and
 // the (leaky) ReLU on the way.

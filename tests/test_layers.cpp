@@ -152,6 +152,24 @@ TEST_P(LayerGradDense, TransposedForwardMatchesDoubleReference) {
     check_layer_against_reference(b.L, B, x, dense_ref(in, units, true, c.act, c.slope), 204);
 }
 
+// A long input: on AVX-512 the forward y = x W^T runs in the dot-product
+// tiles of kernels/gemm.hpp 3c (gemm_use_dot), with bias, activation and
+// softmax applied after them. Every activation, against the double reference.
+TEST_P(LayerGradDense, LongInputForwardMatchesDoubleReference) {
+    const DenseCase c = GetParam();
+    const int B = 3, in = nn::kGemmDotWideK + 17, units = 21;
+#if NN_SIMD && defined(__AVX512F__)
+    ASSERT_TRUE(nn::gemm_use_dot(false, true, B, units, in));
+    ASSERT_FALSE(nn::gemm_dense_forward_transposed(B, in, units));
+#endif
+    nn::Layer proto = nn::Dense(in, units, c.act);
+    proto.leaky_slope = c.slope;
+    Built b(proto, nn::make_shape({in}), /*max_batch=*/4, /*seed=*/17);
+    nn::Rng rng(107);
+    FVec x = dense_input_away_from_kink(b.L, B, rng, 1e-3);
+    check_layer_against_reference(b.L, B, x, dense_ref(in, units, true, c.act, c.slope), 208);
+}
+
 TEST(LayerGrad, DenseWithoutBias) {
     const int B = 3, in = 5, units = 7;
     Built b(nn::Dense(in, units, Act::Tanh, /*use_bias=*/false), nn::make_shape({in}), 3, 5);
