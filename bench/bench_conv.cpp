@@ -23,7 +23,8 @@
 // Pooling and normalisation (kernels/pool.hpp, kernels/norm.hpp):
 //   maxpool2x2      max pooling 2x2 stride 2 on (64,32,28,28) -> (64,32,14,14),
 //                   on uniform input (relu:0) and on the input after a ReLU
-//                   (relu:1, half zeros), as both models pool
+//                   (relu:1, half zeros), as both models pool; backward
+//                   with relu:1 also masks dy by y > 0 (the ReLU folded in)
 //   batchnorm_train training-mode batch norm on (64,32,14,14): statistics,
 //                   running averages, y; backward dx, dgamma, dbeta
 // bytes_per_second counts the least traffic each pass needs: every input
@@ -197,7 +198,9 @@ void BM_maxpool2x2_backward(benchmark::State& state) {
     PoolBufs b(state.range(0) != 0);
     nn::maxpool2d_forward(b.y.data(), b.idx.data(), b.x.data(), b.g, b.N, b.C);  // real argmax indices
     for (auto _ : state) {
-        nn::maxpool2d_backward(b.dx.data(), b.dy.data(), b.idx.data(), b.g, b.N, b.C);
+        // relu: with the ReLU folded in, as the models run it
+        nn::maxpool2d_backward(b.dx.data(), b.dy.data(), b.idx.data(), b.g, b.N, b.C,
+                               state.range(0) ? b.y.data() : nullptr);
         benchmark::DoNotOptimize(b.dx.data());
         benchmark::ClobberMemory();
     }

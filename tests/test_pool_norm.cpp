@@ -351,7 +351,7 @@ TEST(PoolMax, SweepMatchesDoubleReference) {
     std::mt19937 rng(7);
     int run = 0;
     for (int h : {1, 3, 5, 7, 28})
-        for (int w : {1, 3, 5, 7, 28, 40})
+        for (int w : {1, 3, 5, 7, 28, 40, 69})
             for (int k : {2, 3})
                 for (int s : {1, 2})
                     for (int p : {0, 1})
@@ -379,13 +379,19 @@ TEST(PoolMax, SweepMatchesDoubleReference) {
                                     ASSERT_EQ(idx[o], r.idx[o]) << o;
                                 }
                                 ASSERT_EQ(idx[nout], -5);
-                                nn::maxpool2d_backward(dx.p, dy.p, idx.data(), g, n, c);
-                                DVec want(nin, 0.0);
-                                for (size_t o = 0; o < nout; ++o)
-                                    want[o / ((size_t)g.oh * g.ow) * h * w + r.idx[o]] += dy.p[o];
-                                const double tol = max_cover(g) * max_cover(g) * 1.0 * kEps / 2;  // |dy| <= 1
-                                for (size_t i = 0; i < nin; ++i) ASSERT_TRUE(near_abs(dx.p[i], want[i], tol)) << i;
-                                ASSERT_TRUE(x.guards_ok() && y.guards_ok() && dx.guards_ok());
+                                // Plain, then with the ReLU folded in: only outputs > 0 pass dy.
+                                for (bool relu : {false, true}) {
+                                    std::fill(dx.p, dx.p + nin, 99.0f);
+                                    nn::maxpool2d_backward(dx.p, dy.p, idx.data(), g, n, c, relu ? y.p : nullptr);
+                                    DVec want(nin, 0.0);
+                                    for (size_t o = 0; o < nout; ++o)
+                                        if (!relu || y.p[o] > 0.0f)
+                                            want[o / ((size_t)g.oh * g.ow) * h * w + r.idx[o]] += dy.p[o];
+                                    const double tol = max_cover(g) * max_cover(g) * 1.0 * kEps / 2;  // |dy| <= 1
+                                    for (size_t i = 0; i < nin; ++i)
+                                        ASSERT_TRUE(near_abs(dx.p[i], want[i], tol)) << i << (relu ? " relu" : "");
+                                    ASSERT_TRUE(x.guards_ok() && y.guards_ok() && dx.guards_ok());
+                                }
                                 ++run;
                             }
                         }
