@@ -2521,15 +2521,20 @@ inline void scale_f32(float* x, float s, size_t n) {
 //      input slab itself (and dx the dcol), so it takes no scratch.
 //   1b. the row path, inside 1 (conv2d_use_rows): stride 1 with at most 1.5x
 //      as many padded columns Wp as output columns OW. Each input plane is
-//      padded once, and col's row (c, kh, kw) becomes one contiguous copy of
-//      OH * Wp floats (see conv_rows_forward for why); Y is computed over
-//      OH x Wp columns and the OW valid ones copied out. For LeNet's 10x10
-//      outputs the OH short copies per row of plain im2col cost more than
-//      the GEMM itself. The weight gradient is summed directly from the
-//      padded planes for at most kConvRowsDirectDw output channels per group
-//      (conv_rows_dw), up to kConvRowsDotDw on AVX-512 by the GEMM's
-//      dot-product tiles reading the planes in place (conv_rows_dw_dot),
-//      else by im2col and dW += dY' col^T.
+//      padded once, and col's row (c, kh, kw) becomes one contiguous run of
+//      OH * Wp floats of it (the 1b section below says why); Y is computed over
+//      OH x Wp columns and the OW valid ones copied out. The weight gradient
+//      is summed directly from the padded planes for at most
+//      kConvRowsDirectDw output channels per group (conv_rows_dw), up to
+//      kConvRowsDotDw on AVX-512 by the GEMM's dot-product tiles reading the
+//      planes in place (conv_rows_dw_dot), else by im2col and dW += dY' col^T.
+//   1c. shifted rows, inside 1b: as col's rows are runs of the padded
+//      planes, the forward product W col and the input gradient (a full
+//      correlation of dY' with the flipped kernel) read those runs in place,
+//      in register tiles of their own (conv_shift_tile): no col, no packing,
+//      no col2im. The forward pass always; the input gradient from
+//      kConvShiftDxMinRows input channels per group, below which dcol =
+//      W^T dY' by the GEMM and col2im stay.
 //   2. direct depthwise (conv2d_depthwise_forward / _backward), when every
 //      group has one input channel (groups == C_in, C_out = multiplier * C_in;
 //      C_in = 1 counts). A GEMM with M = multiplier rows (usually 1) and
@@ -2650,23 +2655,59 @@ inline size_t conv_rows_plane(const Conv2dGeom& g) {
 inline int conv_gemm_cols(const Conv2dGeom& g) {
     return g.OH * (conv2d_use_rows(g) ? g.W + 2 * g.pw : g.OW);
 }
+// The row path's padded planes (C_in/g of them), then kWidth zeros: the
+// shifted-row tiles (1c) read whole vectors, up to kWidth - 1 floats past
+// the last plane.
+inline size_t conv_rows_xpad_floats(const Conv2dGeom& g) {
+    return gemm_round_up((size_t)(g.C_in / g.groups) * conv_rows_plane(g) + simd::kWidth, 16);
+}
+// dY' on the row path, one row of conv_rows_dy_stride floats per output
+// channel: conv_rows_dy_lead zeros, the OH * Wp floats of dY' (zeros in the
+// dropped columns), then zeros again. The input gradient of 1c reads dY' at
+// shifts down to -((KH - 1) dh Wp + (KW - 1) dw) and whole vectors past the
+// last padded row. The lead is rounded up to 16 floats, so that dY' rows
+// start 64-byte aligned for the weight gradient's loads.
+inline int conv_rows_dy_lead(const Conv2dGeom& g) {
+    return (int)gemm_round_up((size_t)((g.KH - 1) * g.dh * (g.W + 2 * g.pw) + (g.KW - 1) * g.dw), 16);
+}
+inline int conv_rows_dy_stride(const Conv2dGeom& g) {
+    const int hp_wp = (g.H + 2 * g.ph) * (g.W + 2 * g.pw);
+    return (int)gemm_round_up((size_t)conv_rows_dy_lead(g) + hp_wp + simd::kWidth, 16);
+}
+
+// Which of the row path's products still go through col and the GEMM: the
+// weight gradient for more output channels than its direct and dot-product
+// kernels take (1b), the input gradient for fewer input channels than the
+// shifted rows take (1c). Defined beside those kernels.
+inline bool conv_rows_dw_uses_col(const Conv2dGeom& g);
+inline bool conv_rows_shift_dx(const Conv2dGeom& g);
+
+// The row path's col, when one of them runs, rounded up to 16 floats.
+inline size_t conv_rows_col_floats(const Conv2dGeom& g) {
+    if (!conv_rows_dw_uses_col(g) && conv_rows_shift_dx(g)) return 0;
+    return gemm_round_up((size_t)(g.C_in / g.groups) * g.KH * g.KW * (size_t)conv_gemm_cols(g), 16);
+}
 
 // Scratch of the GEMM path: one col matrix (K x P), reused for dcol; the row
 // path adds the padded input (C_in/g planes, reused for dx) and the output
-// rows (C_out/g x OH * Wp, reused for dy).
+// rows (C_out/g rows of conv_rows_dy_stride, Y' or dY'), each part starting
+// on 16 floats, and needs col only for the products above.
 inline size_t conv2d_gemm_scratch_floats(const Conv2dGeom& g) {
     if (conv2d_is_pointwise(g)) return 0;
     const size_t cig = (size_t)(g.C_in / g.groups), cog = (size_t)(g.C_out / g.groups);
     const size_t cols = (size_t)conv_gemm_cols(g), col = cig * g.KH * g.KW * cols;
     if (!conv2d_use_rows(g)) return col;
-    return col + gemm_round_up(cig * conv_rows_plane(g), 16) + cog * cols;
+    return conv_rows_col_floats(g) + conv_rows_xpad_floats(g) + cog * (size_t)conv_rows_dy_stride(g);
 }
 // Packing of the GEMM path: forward (C_out/g x P x K), dW (C_out/g x K x P)
-// and dcol (K x P x C_out/g), the largest.
+// and dcol (K x P x C_out/g), the largest; on the row path only the GEMMs
+// it runs.
 inline size_t conv2d_gemm_pack_floats(const Conv2dGeom& g) {
     const int cog = g.C_out / g.groups, k = (g.C_in / g.groups) * g.KH * g.KW, p = conv_gemm_cols(g);
-    size_t m = gemm_pack_floats(cog, p, k);
-    const size_t dw = gemm_pack_floats(cog, k, p), dcol = gemm_pack_floats(k, p, cog);
+    const bool rows = conv2d_use_rows(g);
+    size_t m = rows ? 0 : gemm_pack_floats(cog, p, k);
+    const size_t dw = !rows || conv_rows_dw_uses_col(g) ? gemm_pack_floats(cog, k, p) : 0;
+    const size_t dcol = !rows || !conv_rows_shift_dx(g) ? gemm_pack_floats(k, p, cog) : 0;
     if (dw > m) m = dw;
     if (dcol > m) m = dcol;
     return m;
@@ -2843,16 +2884,18 @@ inline void conv2d_col2im(float* dx, const float* dcol, const Conv2dGeom& g) {
 // (oh, j) runs over OH x Wp in row-major order, the source runs through xpad
 // contiguously from kh dh Wp + kw dw. So col's row (c, kh, kw) is one copy of
 // OH * Wp floats, not OH copies of OW (for LeNet's 10x10 outputs the short
-// copies cost more than the GEMM). Columns j >= OW are computed and dropped:
+// copies cost more than the GEMM), and 1c reads that run in place without
+// copying it at all. Columns j >= OW are computed and dropped:
 // Y' (C_out/g x OH * Wp) is copied to y row by row; in backward dY' holds
 // zeros there, so they add nothing to dW or dx. Up to Wp / OW more GEMM work
 // (LeNet's conv2: 14 / 10), hence the 1.5 limit of conv2d_use_rows.
 
 // xpad (cig planes of conv_rows_plane) = x's cig planes inside zero padding.
+// The kWidth floats after the last plane are zeroed too (1c reads them).
 inline void conv_rows_pad(float* xpad, const float* x, int cig, const Conv2dGeom& g) {
     const int wp = g.W + 2 * g.pw;
     const size_t plane = conv_rows_plane(g);
-    std::memset(xpad, 0, sizeof(float) * plane * (size_t)cig);
+    std::memset(xpad, 0, sizeof(float) * (plane * (size_t)cig + simd::kWidth));
     for (int c = 0; c < cig; ++c)         // C: planes
         for (int h = 0; h < g.H; ++h)      // H: rows, each a run of W
             conv_copy_run(xpad + c * plane + (size_t)(h + g.ph) * wp + g.pw, x + ((ptrdiff_t)c * g.H + h) * g.W, g.W);
@@ -2868,24 +2911,148 @@ inline void conv_rows_im2col(float* col, const float* xpad, int cig, const Conv2
                 conv_copy_run(col, xpad + c * plane + (size_t)kh * g.dh * wp + (size_t)kw * g.dw, n);
 }
 
-// The forward pass of one sample and group on the row path. scratch holds
-// col, then xpad, then Y'.
-inline void conv_rows_forward(float* yg, const float* xg, const float* wg, const float* bias, int cig, int cog,
-                              const Conv2dGeom& g, float* scratch, float* pack) {
-    const int K = cig * g.KH * g.KW, wp = g.W + 2 * g.pw, n = g.OH * wp;
-    float* col = scratch;
-    float* xpad = col + (size_t)K * n;
-    float* yrows = xpad + gemm_round_up((size_t)cig * conv_rows_plane(g), 16);
-    conv_rows_pad(xpad, xg, cig, g);
-    conv_rows_im2col(col, xpad, cig, g);
-    ConvRowBias rb{yrows, bias};
-    GemmEpilogue ep;
-    if (bias) {
-        ep.tile_fn = conv_add_row_bias;
-        ep.tile_ctx = &rb;
+// --- 1c. Shifted rows: products with col, reading the padded planes --------------
+// On the row path, col's row (c, kh, kw) is the run of xpad[c] starting at
+// kh dh Wp + kw dw (1b): a product with col can read those runs in place
+// instead of copying them into col and the GEMM's packed panels, the two
+// copies that cost LeNet's conv2 more than its multiply-adds. One tile,
+// ROWS x NV vectors of C, is
+//   C[i, j] = bias[i] + sum_{c < nc, kh < KH, kw < KW}
+//             a[i lda + c a_c + kh KW + kw] * src[c s_c + kh s_h + kw s_w + j]
+// for i < ROWS and j < nr (nr <= NV * kWidth; the last vector is stored
+// through a mask). The same tile serves
+//   the forward pass: a = W[g] (lda = K, a_c = KH KW), src = xpad
+//       (s_c = plane, s_h = dh Wp, s_w = dw), rows = output channels;
+//   the input gradient: a = W[g] read as W^T (rows = input channels,
+//       lda = KH KW, a_c = C_in/g KH KW), src = dY' inside its zeros (s_c =
+//       conv_rows_dy_stride, s_h = -dh Wp, s_w = -dw): the full correlation
+//       of dY' with the flipped kernel, dxpad[c, p] = sum W dY'[co, p - shift].
+// Contract: src is readable for whole vectors, up to kWidth - 1 floats past
+// the last column that matters (the zeros after xpad and inside dY'). c is
+// written, never read; bias may be null. Accumulators: ROWS * NV vectors
+// (8 x 3 with 32 registers, 6 x 2 with 16), plus NV loads of src and one
+// broadcast of a per step: NV + ROWS loads per ROWS * NV multiply-adds.
+#if NN_SIMD && (defined(__AVX512F__) || defined(__aarch64__))
+constexpr int kConvShiftMR = 8, kConvShiftNV = 3;
+#elif NN_SIMD
+constexpr int kConvShiftMR = 6, kConvShiftNV = 2;
+#else
+constexpr int kConvShiftMR = 4, kConvShiftNV = 4;  // plain floats, as the GEMM's scalar tile
+#endif
+
+template <int ROWS, int NV>
+static inline void conv_shift_tile(float* c, int ldc, const float* a, int lda, int a_c, const float* src,
+                                   int s_c, int s_h, int s_w, int nc, int KH, int KW, const float* bias, int nr) {
+#if NN_SIMD
+    using simd::vf;
+    constexpr int W = simd::kWidth;
+    vf acc[ROWS][NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = vf(0.f);
+    for (int ci = 0; ci < nc; ++ci, a += a_c, src += s_c)  // C: channels of the sum
+        for (int kh = 0; kh < KH; ++kh) {                  // KH: kernel rows
+            const float* ak = a + kh * KW;
+            const float* sk = src + (ptrdiff_t)kh * s_h;
+            for (int kw = 0; kw < KW; ++kw) {  // KW: one rank-1 update per tap
+                const float* b = sk + (ptrdiff_t)kw * s_w;
+                vf bv[NV];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) bv[v] = vf::load_unaligned(b + v * W);
+#pragma GCC unroll 8
+                for (int i = 0; i < ROWS; ++i) {
+                    const vf ai(ak[(ptrdiff_t)i * lda + kw]);
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(ai, bv[v], acc[i][v]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+    for (int i = 0; i < ROWS; ++i) {  // M, N: store rows, the last vector through a mask
+        float* ci = c + (ptrdiff_t)i * ldc;
+        const vf bi(bias ? bias[i] : 0.f);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const int cols = nr - v * W;
+            if (cols >= W)
+                (acc[i][v] + bi).store_unaligned(ci + v * W);
+            else if (cols > 0)
+                simd::store_partial(ci + v * W, acc[i][v] + bi, (size_t)cols);
+        }
     }
-    // Y' (cog x OH * Wp) = W[g] (cog x K) * col (K x OH * Wp)
-    gemm_f32_fused(yrows, n, wg, K, false, col, n, false, ep, 1.f, 0.f, pack, cog, n, K);
+#else
+    float acc[ROWS][NV] = {};
+    for (int ci = 0; ci < nc; ++ci, a += a_c, src += s_c)  // C, KH, KW: the taps of the sum
+        for (int kh = 0; kh < KH; ++kh)
+            for (int kw = 0; kw < KW; ++kw) {
+                const float* b = src + (ptrdiff_t)kh * s_h + (ptrdiff_t)kw * s_w;
+                for (int i = 0; i < ROWS; ++i)  // M x N: the tile
+                    for (int j = 0; j < NV; ++j) acc[i][j] += a[(ptrdiff_t)i * lda + kh * KW + kw] * b[j];
+            }
+    for (int i = 0; i < ROWS; ++i)
+        for (int j = 0; j < NV && j < nr; ++j) c[(ptrdiff_t)i * ldc + j] = acc[i][j] + (bias ? bias[i] : 0.f);
+#endif
+}
+
+// The tile for rows <= ROWS and nv <= NV vectors, chosen at run time.
+template <int ROWS, int NV>
+static inline void conv_shift_pick(int rows, int nv, float* c, int ldc, const float* a, int lda, int a_c,
+                                   const float* src, int s_c, int s_h, int s_w, int nc, int KH, int KW,
+                                   const float* bias, int nr) {
+    if constexpr (ROWS > 1)
+        if (rows < ROWS)
+            return conv_shift_pick<ROWS - 1, NV>(rows, nv, c, ldc, a, lda, a_c, src, s_c, s_h, s_w, nc, KH, KW,
+                                                 bias, nr);
+    if constexpr (NV > 1)
+        if (nv < NV)
+            return conv_shift_pick<ROWS, NV - 1>(rows, nv, c, ldc, a, lda, a_c, src, s_c, s_h, s_w, nc, KH, KW,
+                                                 bias, nr);
+    conv_shift_tile<ROWS, NV>(c, ldc, a, lda, a_c, src, s_c, s_h, s_w, nc, KH, KW, bias, nr);
+}
+
+// C (M x ncols, row stride ldc) = the tiles above over all of it: column
+// blocks outside, so a block's runs of src stay in L1 for every row block.
+inline void conv_shift_product(float* c, int ldc, const float* a, int lda, int a_c, const float* src, int s_c,
+                               int s_h, int s_w, int nc, int KH, int KW, const float* bias, int M, int ncols) {
+    constexpr int W = simd::kWidth, NR = kConvShiftNV * W;
+    for (int j = 0; j < ncols; j += NR) {  // N: blocks of NV vectors
+        const int nr = ncols - j < NR ? ncols - j : NR, nv = (nr + W - 1) / W;
+        for (int i = 0; i < M; i += kConvShiftMR) {  // M: blocks of MR rows
+            const int rows = M - i < kConvShiftMR ? M - i : kConvShiftMR;
+            conv_shift_pick<kConvShiftMR, kConvShiftNV>(rows, nv, c + (ptrdiff_t)i * ldc + j, ldc,
+                                                        a + (ptrdiff_t)i * lda, lda, a_c, src + j, s_c, s_h, s_w, nc,
+                                                        KH, KW, bias ? bias + i : nullptr, nr);
+        }
+    }
+}
+
+// The input gradient takes the shifted rows for at least this many input
+// channels per group, the rows of its tiles; with fewer, each step's NV
+// loads feed too few multiply-adds, and dcol = W^T dY' by the GEMM, then
+// col2im, is faster. Measured (1 thread, batch 64, best of 7, backward
+// ms, GEMM -> shifted rows), 32 x 32 inputs, 3x3 pad 1 to 32 channels:
+//   AVX-512: 3 channels 2.50 -> 2.84, 4: 3.10 -> 3.68, 6: 4.19 -> 3.79,
+//            8: 5.42 -> 4.51; LeNet's conv2 (6 -> 16, 5x5) 0.73 -> 0.60;
+//   AVX2:    3 channels 3.47 -> 4.43, 4: 4.45 -> 4.35, 6: 6.38 -> 5.75.
+// The forward pass always takes them: faster at every shape measured, from
+// 16 -> 3 channels (2.49 -> 1.14 ms) to 256 -> 256 on 8 x 8 (30.0 -> 28.6)
+// and ConvNet's conv2 (9.3 -> 7.5).
+constexpr int kConvShiftDxMinRows = 6;
+inline bool conv_rows_shift_dx(const Conv2dGeom& g) { return g.C_in / g.groups >= kConvShiftDxMinRows; }
+
+// The forward pass of one sample and group on the row path. scratch holds
+// col (unused here), then xpad, then Y'.
+inline void conv_rows_forward(float* yg, const float* xg, const float* wg, const float* bias, int cig, int cog,
+                              const Conv2dGeom& g, float* scratch) {
+    const int K = cig * g.KH * g.KW, wp = g.W + 2 * g.pw, n = g.OH * wp;
+    float* xpad = scratch + conv_rows_col_floats(g);
+    float* yrows = xpad + conv_rows_xpad_floats(g);
+    conv_rows_pad(xpad, xg, cig, g);
+    // Y' (cog x OH * Wp) = bias + W[g] (cog x K) * col (K x OH * Wp), col's
+    // rows read in place from xpad (1c)
+    conv_shift_product(yrows, n, wg, K, g.KH * g.KW, xpad, (int)conv_rows_plane(g), g.dh * wp, g.dw, cig, g.KH, g.KW,
+                       bias, cog, n);
     for (int co = 0; co < cog; ++co)        // C_out: channels
         for (int oh = 0; oh < g.OH; ++oh)    // OH: rows, keeping the first OW of Wp columns
             conv_copy_run(yg + ((ptrdiff_t)co * g.OH + oh) * g.OW, yrows + (ptrdiff_t)co * n + (ptrdiff_t)oh * wp,
@@ -2970,8 +3137,10 @@ static inline void conv_rows_dw_pick(int co_n, int t_n, float* dw, int ldw, cons
 }
 
 // dwg (cog x cig * KH * KW) += the correlations above; dyrows is dY'
-// (cog x n, zero past OW in each row), xpad the padded planes.
-inline void conv_rows_dw(float* dwg, const float* dyrows, const float* xpad, int cig, int cog, const Conv2dGeom& g) {
+// (cog rows of n, row stride ldy, zero past OW in each row), xpad the
+// padded planes.
+inline void conv_rows_dw(float* dwg, const float* dyrows, int ldy, const float* xpad, int cig, int cog,
+                         const Conv2dGeom& g) {
     const int wp = g.W + 2 * g.pw, n = g.OH * wp, taps = g.KH * g.KW, K = cig * taps;
     const size_t plane = conv_rows_plane(g);
     int off[4];
@@ -2981,8 +3150,8 @@ inline void conv_rows_dw(float* dwg, const float* dyrows, const float* xpad, int
             for (int t = 0; t < tn; ++t) off[t] = (t0 + t) / g.KW * g.dh * wp + (t0 + t) % g.KW * g.dw;
             for (int co = 0; co < cog; co += 4) {       // C_out by 4
                 const int cn = cog - co < 4 ? cog - co : 4;
-                conv_rows_dw_pick<4, 4>(cn, tn, dwg + (ptrdiff_t)co * K + c * taps + t0, K, dyrows + (ptrdiff_t)co * n,
-                                        n, xpad + c * plane, off, n);
+                conv_rows_dw_pick<4, 4>(cn, tn, dwg + (ptrdiff_t)co * K + c * taps + t0, K,
+                                        dyrows + (ptrdiff_t)co * ldy, ldy, xpad + c * plane, off, n);
             }
         }
 }
@@ -3002,14 +3171,19 @@ inline bool conv_rows_dw_dot_ok(int cog, const Conv2dGeom& g) {
     const int n = g.OH * (g.W + 2 * g.pw);
     return cog > kConvRowsDirectDw && cog <= kConvRowsDotDw && gemm_use_dot_narrow(false, true, g.KW, n);
 }
+inline bool conv_rows_dw_uses_col(const Conv2dGeom& g) {
+    const int cog = g.C_out / g.groups;
+    return cog > kConvRowsDirectDw && !conv_rows_dw_dot_ok(cog, g);
+}
 
-inline void conv_rows_dw_dot(float* dwg, const float* dyrows, const float* xpad, int cig, int cog, const Conv2dGeom& g) {
+inline void conv_rows_dw_dot(float* dwg, const float* dyrows, int ldy, const float* xpad, int cig, int cog,
+                             const Conv2dGeom& g) {
     const int wp = g.W + 2 * g.pw, n = g.OH * wp, taps = g.KH * g.KW, K = cig * taps;
     const size_t plane = conv_rows_plane(g);
     const GemmEpilogue ep;
     for (int c = 0; c < cig; ++c)         // C: input planes
         for (int kh = 0; kh < g.KH; ++kh)  // KH: one GEMM per kernel row, its KW taps as columns
-            gemm_f32_dot(dwg + c * taps + kh * g.KW, K, dyrows, n, xpad + c * plane + (size_t)kh * g.dh * wp, g.dw, ep,
+            gemm_f32_dot(dwg + c * taps + kh * g.KW, K, dyrows, ldy, xpad + c * plane + (size_t)kh * g.dh * wp, g.dw, ep,
                          1.f, 1.f, cog, g.KW, n);
 }
 
@@ -3018,42 +3192,59 @@ inline void conv_rows_dw_dot(float* dwg, const float* dyrows, const float* xpad,
 inline void conv_rows_backward(float* dxg, float* dwg, const float* dyg, const float* xg, const float* wg, int cig,
                                int cog, const Conv2dGeom& g, float* scratch, float* pack) {
     const int K = cig * g.KH * g.KW, wp = g.W + 2 * g.pw, n = g.OH * wp;
+    const int lead = conv_rows_dy_lead(g), ldy = conv_rows_dy_stride(g);
     const size_t plane = conv_rows_plane(g);
-    float* col = scratch;
-    float* xpad = col + (size_t)K * n;
-    float* dyrows = xpad + gemm_round_up((size_t)cig * plane, 16);
-    // dY' (cog x OH * Wp): dY's rows, zeros in the dropped columns.
-    for (int co = 0; co < cog; ++co)
-        for (int oh = 0; oh < g.OH; ++oh) {  // C_out, OH: rows of dY
-            float* r = dyrows + (ptrdiff_t)co * n + (ptrdiff_t)oh * wp;
+    float* col = scratch;  // when a product below needs it
+    float* xpad = col + conv_rows_col_floats(g);
+    float* dyext = xpad + conv_rows_xpad_floats(g);
+    float* dyrows = dyext + lead;  // dY' row co at dyrows + co * ldy
+    // dY' (cog x OH * Wp): dY's rows, zeros in the dropped columns, and
+    // around each row when the input gradient reads it shifted (1c).
+    const bool shift_dx = dxg && conv_rows_shift_dx(g);
+    for (int co = 0; co < cog; ++co) {
+        float* e = dyext + (ptrdiff_t)co * ldy;
+        if (shift_dx) std::memset(e, 0, sizeof(float) * (size_t)lead);
+        for (int oh = 0; oh < g.OH; ++oh) {  // OH: rows of dY
+            float* r = e + lead + (ptrdiff_t)oh * wp;
             conv_copy_run(r, dyg + ((ptrdiff_t)co * g.OH + oh) * g.OW, g.OW);
             for (int j = g.OW; j < wp; ++j) r[j] = 0.f;
         }
+        if (shift_dx) std::memset(e + lead + n, 0, sizeof(float) * (size_t)(ldy - lead - n));
+    }
     if (dwg) {  // dW[g] (cog x K) += dY' (cog x n) * col^T (n x K)
         conv_rows_pad(xpad, xg, cig, g);
         if (cog <= kConvRowsDirectDw) {
-            conv_rows_dw(dwg, dyrows, xpad, cig, cog, g);
-        } else if (conv_rows_dw_dot_ok(cog, g)) {
-            conv_rows_dw_dot(dwg, dyrows, xpad, cig, cog, g);
+            conv_rows_dw(dwg, dyrows, ldy, xpad, cig, cog, g);
+        } else if (!conv_rows_dw_uses_col(g)) {
+            conv_rows_dw_dot(dwg, dyrows, ldy, xpad, cig, cog, g);
         } else {
             conv_rows_im2col(col, xpad, cig, g);
-            gemm_f32(dwg, K, dyrows, n, false, col, n, true, nullptr, 1.f, 1.f, pack, cog, K, n);
+            gemm_f32(dwg, K, dyrows, ldy, false, col, n, true, nullptr, 1.f, 1.f, pack, cog, K, n);
         }
     }
-    if (dxg) {  // dcol (K x n) = W[g]^T dY', added back along the runs it came from
-        gemm_f32(col, n, wg, K, true, dyrows, n, false, nullptr, 1.f, 0.f, pack, K, n, cog);
-        float* dxpad = xpad;
-        std::memset(dxpad, 0, sizeof(float) * plane * (size_t)cig);
+    if (!dxg) return;
+    const int first = g.ph * wp, cols = g.H * wp;  // dxpad's rows that hold dx: ph .. ph + H
+    if (shift_dx) {  // dx straight from dY' (1c), no dcol
+        // Without padding, dxpad's rows ph .. ph + H are dx's plane: write
+        // dx directly.
+        const bool direct = g.ph == 0 && g.pw == 0;
+        float* out = direct ? dxg : xpad + first;
+        conv_shift_product(out, direct ? g.H * g.W : (int)plane, wg, g.KH * g.KW, K, dyrows + first, ldy,
+                           -g.dh * wp, -g.dw, cog, g.KH, g.KW, nullptr, cig, cols);
+        if (direct) return;
+    } else {  // dcol (K x n) = W[g]^T dY', added back along the runs it came from
+        gemm_f32(col, n, wg, K, true, dyrows, ldy, false, nullptr, 1.f, 0.f, pack, K, n, cog);
+        std::memset(xpad, 0, sizeof(float) * plane * (size_t)cig);
         const float* row = col;
         for (int c = 0; c < cig; ++c)  // C, KH, KW: one row of dcol per (channel, tap)
             for (int kh = 0; kh < g.KH; ++kh)
                 for (int kw = 0; kw < g.KW; ++kw, row += n)
-                    conv_add_run(dxpad + c * plane + (size_t)kh * g.dh * wp + (size_t)kw * g.dw, row, n);
-        for (int c = 0; c < cig; ++c)       // C, H: dx's rows out of the padded planes
-            for (int h = 0; h < g.H; ++h)
-                conv_copy_run(dxg + ((ptrdiff_t)c * g.H + h) * g.W, dxpad + c * plane + (size_t)(h + g.ph) * wp + g.pw,
-                              g.W);
+                    conv_add_run(xpad + c * plane + (size_t)kh * g.dh * wp + (size_t)kw * g.dw, row, n);
     }
+    for (int c = 0; c < cig; ++c)  // C, H: dx's rows out of the padded planes
+        for (int h = 0; h < g.H; ++h)
+            conv_copy_run(dxg + ((ptrdiff_t)c * g.H + h) * g.W, xpad + c * plane + (size_t)(h + g.ph) * wp + g.pw,
+                          g.W);
 }
 
 // y is (N, C_out, OH, OW), x (N, C_in, H, W), w (C_out, C_in/groups, KH, KW),
@@ -3071,7 +3262,7 @@ inline void conv2d_forward_gemm(float* y, const float* x, const float* w, const 
             float* yg = y + ((ptrdiff_t)n * g.C_out + (ptrdiff_t)gi * cog) * P;
             const float* wg = w + (ptrdiff_t)gi * cog * K;
             if (rows) {
-                conv_rows_forward(yg, xg, wg, bias ? bias + (ptrdiff_t)gi * cog : nullptr, cig, cog, g, scratch, pack);
+                conv_rows_forward(yg, xg, wg, bias ? bias + (ptrdiff_t)gi * cog : nullptr, cig, cog, g, scratch);
                 continue;
             }
             const float* col = xg;  // pointwise: the input slab is col, (C_in/g) x (H*W)

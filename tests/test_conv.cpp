@@ -271,19 +271,28 @@ TEST(Conv, LayerShapes) {
     // goes direct, without scratch; the layers above and larger multipliers
     // through the GEMM. Stride 1 with at most 1.5 padded columns per output
     // column takes the row path: col over OH x Wp columns, the padded planes
-    // (rounded up to 16 floats) and the output rows as scratch; otherwise
-    // one col matrix over OH x OW.
+    // with a vector of zeros after them (rounded up to 16 floats) and the
+    // output rows, each inside (KH - 1) Wp + KW - 1 zeros before (rounded up
+    // to 16) and a vector after the padded plane's extent, as scratch (col
+    // rounded up to 16 floats too); otherwise one col matrix over OH x OW.
+    // On the row path col (and the GEMM's packing) is needed only by a
+    // weight gradient with more than 8 output channels per group (16 where
+    // the GEMM has dot-product tiles) and an input gradient with fewer than
+    // 6 input channels per group.
+    const bool dot = nn::kGemmHasDot;
     const struct {
         Conv2dGeom g;
-        bool direct, rows;
+        bool direct, rows, col;
     } rule[] = {
-        {geom(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64), true, true},  // (its GEMM path would)
-        {geom(1, 16, 28, 28, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16), true, false},
-        {geom(1, 16, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16), false, true},
-        {geom(1, 16, 28, 28, 64, 3, 3, 2, 2, 1, 1, 1, 1, 16), false, false},  // stride 2
-        {geom(1, 4, 6, 6, 8, 5, 5, 1, 1, 0, 0, 1, 1, 1), false, false},        // 6 columns for 2 outputs
-        {shapes[0], false, true},
-        {shapes[2], false, true},
+        {geom(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64), true, true, false},  // (its GEMM path would)
+        {geom(1, 16, 28, 28, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16), true, false, false},
+        {geom(1, 16, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16), false, true, true},   // dx of 1 channel
+        {geom(1, 16, 28, 28, 64, 3, 3, 2, 2, 1, 1, 1, 1, 16), false, false, true},  // stride 2
+        {geom(1, 4, 6, 6, 8, 5, 5, 1, 1, 0, 0, 1, 1, 1), false, false, true},        // 6 columns for 2 outputs
+        {shapes[0], false, true, true},   // dx of 1 channel
+        {shapes[1], false, true, !dot},   // 16 output channels, 6 input channels
+        {shapes[2], false, true, true},   // dW of 32 channels
+        {shapes[3], false, true, true},   // dW of 64 channels
     };
     for (auto r : rule) {
         ASSERT_TRUE(nn::conv2d_geom_init(r.g));
@@ -293,10 +302,14 @@ TEST(Conv, LayerShapes) {
         const size_t wp = (size_t)r.g.W + 2 * r.g.pw, hp = (size_t)r.g.H + 2 * r.g.ph;
         const size_t cols = (size_t)r.g.OH * (r.rows ? wp : (size_t)r.g.OW);
         const size_t col = cig * r.g.KH * r.g.KW * cols;
-        const size_t planes = (cig * (hp * wp + (size_t)(r.g.KW - 1) * r.g.dw) + 15) / 16 * 16;
-        const size_t want = r.direct ? 0 : r.rows ? col + planes + cog * cols : col;
+        const size_t vec = (size_t)nn::simd::kWidth;
+        const size_t planes = (cig * (hp * wp + (size_t)(r.g.KW - 1) * r.g.dw) + vec + 15) / 16 * 16;
+        const size_t lead = ((size_t)(r.g.KH - 1) * r.g.dh * wp + (size_t)(r.g.KW - 1) * r.g.dw + 15) / 16 * 16;
+        const size_t dy_row = (lead + hp * wp + vec + 15) / 16 * 16;
+        const size_t col_rows = r.col ? (col + 15) / 16 * 16 : 0;
+        const size_t want = r.direct ? 0 : r.rows ? col_rows + planes + cog * dy_row : col;
         EXPECT_EQ(nn::conv2d_scratch_floats(r.g), want) << describe(r.g, false);
-        EXPECT_EQ(nn::conv2d_pack_floats(r.g) == 0, r.direct) << describe(r.g, false);
+        EXPECT_EQ(nn::conv2d_pack_floats(r.g) != 0, !r.direct && r.col) << describe(r.g, false);
     }
 }
 
