@@ -33,9 +33,11 @@
 //      OH * Wp floats of it (the 1b section below says why); Y is computed over
 //      OH x Wp columns and the OW valid ones copied out. The weight gradient
 //      is summed directly from the padded planes for at most
-//      kConvRowsDirectDw output channels per group (conv_rows_dw), up to
-//      kConvRowsDotDw on AVX-512 by the GEMM's dot-product tiles reading the
-//      planes in place (conv_rows_dw_dot), else by im2col and dW += dY' col^T.
+//      kConvRowsDirectDw output channels per group (conv_rows_dw); above,
+//      from kConvDwtMinK taps by output positions (1d); with fewer taps, up
+//      to kConvRowsDotDw channels on AVX-512 by the GEMM's dot-product tiles
+//      reading the planes in place (conv_rows_dw_dot), else by im2col and
+//      dW += dY' col^T.
 //   1c. shifted rows, inside 1b: as col's rows are runs of the padded
 //      planes, the forward product W col and the input gradient (a full
 //      correlation of dY' with the flipped kernel) read those runs in place,
@@ -43,6 +45,10 @@
 //      no col2im. The forward pass always; the input gradient from
 //      kConvShiftDxMinRows input channels per group, below which dcol =
 //      W^T dY' by the GEMM and col2im stay.
+//   1d. the weight gradient by positions, inside 1b: dW^T = col dY^T over
+//      the valid output positions, col's entries broadcast from the padded
+//      planes, register tiles of taps x output channels summed over a whole
+//      sample without horizontal sums (conv_dwt_tile).
 //   2. direct depthwise (conv2d_depthwise_forward / _backward), when every
 //      group has one input channel (groups == C_in, C_out = multiplier * C_in;
 //      C_in = 1 counts). A GEMM with M = multiplier rows (usually 1) and
@@ -194,6 +200,16 @@ inline int conv_rows_dy_stride(const Conv2dGeom& g) {
 inline bool conv_rows_dw_uses_col(const Conv2dGeom& g);
 inline bool conv_rows_shift_dx(const Conv2dGeom& g);
 
+// The weight gradient by positions (1d): dY^T (OH OW x ldt) and dW^T (K x
+// ldt), ldt = C_out/g rounded up to a vector; each rounded up to 16 floats.
+inline bool conv_rows_dw_by_positions(const Conv2dGeom& g);
+inline int conv_dwt_ld(const Conv2dGeom& g);
+inline size_t conv_rows_dwt_floats(const Conv2dGeom& g) {
+    if (!conv_rows_dw_by_positions(g)) return 0;
+    const size_t ld = (size_t)conv_dwt_ld(g), K = (size_t)(g.C_in / g.groups) * g.KH * g.KW;
+    return gemm_round_up((size_t)g.OH * g.OW * ld, 16) + gemm_round_up(K * ld, 16);
+}
+
 // The row path's col, when one of them runs, rounded up to 16 floats.
 inline size_t conv_rows_col_floats(const Conv2dGeom& g) {
     if (!conv_rows_dw_uses_col(g) && conv_rows_shift_dx(g)) return 0;
@@ -209,7 +225,16 @@ inline size_t conv2d_gemm_scratch_floats(const Conv2dGeom& g) {
     const size_t cig = (size_t)(g.C_in / g.groups), cog = (size_t)(g.C_out / g.groups);
     const size_t cols = (size_t)conv_gemm_cols(g), col = cig * g.KH * g.KW * cols;
     if (!conv2d_use_rows(g)) return col;
-    return conv_rows_col_floats(g) + conv_rows_xpad_floats(g) + cog * (size_t)conv_rows_dy_stride(g);
+    return conv_rows_col_floats(g) + conv_rows_xpad_floats(g) + cog * (size_t)conv_rows_dy_stride(g) +
+           conv_rows_dwt_floats(g);
+}
+// dY^T and dW^T of 1d in the row path's scratch: after col, xpad and dY'.
+inline float* conv_rows_dyt(float* scratch, const Conv2dGeom& g) {
+    return scratch + conv_rows_col_floats(g) + conv_rows_xpad_floats(g) +
+           (size_t)(g.C_out / g.groups) * conv_rows_dy_stride(g);
+}
+inline float* conv_rows_dwt(float* scratch, const Conv2dGeom& g) {
+    return conv_rows_dyt(scratch, g) + gemm_round_up((size_t)g.OH * g.OW * conv_dwt_ld(g), 16);
 }
 // Packing of the GEMM path: forward (C_out/g x P x K), dW (C_out/g x K x P)
 // and dcol (K x P x C_out/g), the largest; on the row path only the GEMMs
@@ -604,10 +629,14 @@ static inline void conv_rows_dw_block(float* dw, int ldw, const float* dy, int l
     for (; j + W <= n; j += W) {  // n: one vector of columns per step
         vf d[CO];
 #pragma GCC unroll 4
-        for (int a = 0; a < CO; ++a) d[a] = vf::load_unaligned(dy + (ptrdiff_t)a * ldy + j);
+        for (int a = 0; a < CO; ++a) {
+            d[a] = vf::load_unaligned(dy + (ptrdiff_t)a * ldy + j);
+            simd::keep_in_register(d[a]);  // one load for T FMAs, not T
+        }
 #pragma GCC unroll 4
         for (int t = 0; t < T; ++t) {
-            const vf xv = vf::load_unaligned(xs + off[t] + j);
+            vf xv = vf::load_unaligned(xs + off[t] + j);
+            simd::keep_in_register(xv);
 #pragma GCC unroll 4
             for (int a = 0; a < CO; ++a) acc[a][t] = xsimd::fma(d[a], xv, acc[a][t]);
         }
@@ -685,7 +714,7 @@ inline bool conv_rows_dw_dot_ok(int cog, const Conv2dGeom& g) {
 }
 inline bool conv_rows_dw_uses_col(const Conv2dGeom& g) {
     const int cog = g.C_out / g.groups;
-    return cog > kConvRowsDirectDw && !conv_rows_dw_dot_ok(cog, g);
+    return cog > kConvRowsDirectDw && !conv_rows_dw_by_positions(g) && !conv_rows_dw_dot_ok(cog, g);
 }
 
 inline void conv_rows_dw_dot(float* dwg, const float* dyrows, int ldy, const float* xpad, int cig, int cog,
@@ -699,8 +728,159 @@ inline void conv_rows_dw_dot(float* dwg, const float* dyrows, int ldy, const flo
                          1.f, 1.f, cog, g.KW, n);
 }
 
+// --- 1d. The weight gradient by output positions --------------------------------
+// dW[g] (cog x K) += dY (cog x P) col^T, P = OH x OW, is summed here as its
+// transpose, dW^T (K x cog) += col (K x P) dY^T (P x cog), over the valid
+// positions only (the row path's dropped columns are skipped, not summed as
+// zeros), with col's entries read in place from xpad:
+//   col[t, (oh, ow)] = xpad[off_t + oh Wp + ow],
+//   off_t = c plane + kh dh Wp + kw dw for tap t = (c, kh, kw).
+// A tile holds MR taps x NV vectors of output channels in registers over
+// all P positions of a sample: per position NV loads of dY^T's row and MR
+// broadcasts of col, for MR x NV multiply-adds, and no horizontal sums
+// (the dot-product form, dY' rows against col rows, folded every sum each
+// sample). dY^T is one transposed copy of dY per sample (P x ldt, ldt =
+// cog rounded up to a vector, zeros past cog); the tiles add into dW^T
+// (K x ldt) in scratch, which conv2d_backward_gemm folds into dW once per
+// call. Measured (build/bench_conv, batch 64, weight gradient only): LeNet
+// conv2 (16 channels) and ConvNet conv1 (32) and conv2 (64); see
+// conv_rows_dw_by_positions.
+#if NN_SIMD && (defined(__AVX512F__) || defined(__aarch64__))
+constexpr int kConvDwtMaxNV = 4;  // 24 accumulators at most (6 x 4)
+#elif NN_SIMD
+constexpr int kConvDwtMaxNV = 2;  // 8 (4 x 2)
+#else
+constexpr int kConvDwtMaxNV = 4;  // plain floats
+#endif
+// Taps per tile for nv vectors of channels.
+constexpr int conv_dwt_mr(int nv) { return kConvDwtMaxNV == 4 ? (nv <= 2 ? 8 : 6) : (nv == 1 ? 8 : 4); }
+
+template <int MR, int NV>
+static inline void conv_dwt_tile(float* dwt, int ldt, int mr, const float* xs, const int* off, const float* dyt,
+                                 int OH, int OW, int wp) {
+#if NN_SIMD
+    using simd::vf;
+    constexpr int W = simd::kWidth;
+    vf acc[MR][NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = vf(0.f);
+    const float* dk = dyt;
+    for (int oh = 0; oh < OH; ++oh) {  // OH, OW: output positions
+        const float* xr = xs + (ptrdiff_t)oh * wp;
+        for (int ow = 0; ow < OW; ++ow, dk += ldt) {
+            vf dv[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+                dv[v] = vf::load_unaligned(dk + v * W);
+                simd::keep_in_register(dv[v]);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {  // MR taps: one broadcast each
+                vf xi(xr[off[i] + ow]);
+                if (NV > 1) simd::keep_in_register(xi);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(xi, dv[v], acc[i][v]);
+            }
+        }
+    }
+    for (int i = 0; i < mr; ++i)  // M, N: add the tile's first mr taps into dW^T
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            float* p = dwt + (ptrdiff_t)i * ldt + v * W;
+            (vf::load_unaligned(p) + acc[i][v]).store_unaligned(p);
+        }
+#else
+    float acc[MR][NV] = {};
+    const float* dk = dyt;
+    for (int oh = 0; oh < OH; ++oh)  // OH, OW: output positions
+        for (int ow = 0; ow < OW; ++ow, dk += ldt)
+            for (int i = 0; i < MR; ++i)  // M x N: the tile
+                for (int v = 0; v < NV; ++v) acc[i][v] += xs[(ptrdiff_t)oh * wp + off[i] + ow] * dk[v];
+    for (int i = 0; i < mr; ++i)
+        for (int v = 0; v < NV; ++v) dwt[(ptrdiff_t)i * ldt + v] += acc[i][v];
+#endif
+}
+
+// dY^T for the tiles: dyt (P x ldt) = dy (cog x P) transposed, zeros in the
+// columns cog .. ldt.
+inline void conv_dy_transpose(float* dyt, int ldt, const float* dy, int cog, int P) {
+    int c = 0;
+#if NN_SIMD && defined(__AVX512F__)
+    for (; c + 16 <= cog; c += 16) {  // C_out by 16: 16 x 16 blocks, then the last positions one by one
+        int p = 0;
+        for (; p + 16 <= P; p += 16) gemm_f32_transpose_16x16(dyt + (ptrdiff_t)p * ldt + c, ldt, dy + (ptrdiff_t)c * P + p, P);
+        for (; p < P; ++p)
+            for (int k = 0; k < 16; ++k) dyt[(ptrdiff_t)p * ldt + c + k] = dy[(ptrdiff_t)(c + k) * P + p];
+    }
+#elif NN_SIMD
+    for (; c + 4 <= cog; c += 4) {  // C_out by 4: 4 x 4 blocks
+        int p = 0;
+        for (; p + 4 <= P; p += 4) gemm_f32_transpose_4x4(dyt + (ptrdiff_t)p * ldt + c, ldt, dy + (ptrdiff_t)c * P + p, P);
+        for (; p < P; ++p)
+            for (int k = 0; k < 4; ++k) dyt[(ptrdiff_t)p * ldt + c + k] = dy[(ptrdiff_t)(c + k) * P + p];
+    }
+#endif
+    for (; c < cog; ++c)  // the last channels
+        for (int p = 0; p < P; ++p) dyt[(ptrdiff_t)p * ldt + c] = dy[(ptrdiff_t)c * P + p];
+    if (ldt > cog)
+        for (int p = 0; p < P; ++p)  // P: zero lanes past cog
+            for (int k = cog; k < ldt; ++k) dyt[(ptrdiff_t)p * ldt + k] = 0.f;
+}
+
+// Whether the row path's weight gradient goes by positions: above
+// kConvRowsDirectDw output channels per group, with at least kConvDwtMinK
+// taps (C_in/g x KH x KW). With few taps the transposed copy of dY, P x
+// C_out/g floats per sample, costs more than the K multiply-adds each of
+// its floats takes part in; there the dot-product tiles or im2col and the
+// GEMM stay. Measured (build/bench_conv, batch 64, weight gradient only,
+// the path before -> by positions): LeNet conv2 (150 taps, 16 channels)
+// 295 -> 240 us; ConvNet conv2 (800 taps, 64 channels) whole backward 16.4
+// -> 13.3 ms; ConvNet conv1 (25 taps, 32 channels) 736 -> 790 us.
+constexpr int kConvDwtMinK = 64;
+inline bool conv_rows_dw_by_positions(const Conv2dGeom& g) {
+    return g.C_out / g.groups > kConvRowsDirectDw && (g.C_in / g.groups) * g.KH * g.KW >= kConvDwtMinK;
+}
+// dW^T's row stride: output channels per group rounded up to a vector.
+inline int conv_dwt_ld(const Conv2dGeom& g) {
+    return (int)gemm_round_up((size_t)(g.C_out / g.groups), (size_t)simd::kWidth);
+}
+
+// dwt (K x ldt) += col dY^T for one sample and group: dyt as above, xpad
+// the padded planes.
+inline void conv_rows_dw_positions(float* dwt, int ldt, const float* dyt, const float* xpad, int cig,
+                                   const Conv2dGeom& g) {
+    constexpr int W = simd::kWidth;
+    const int wp = g.W + 2 * g.pw, taps = g.KH * g.KW, K = cig * taps, nvt = ldt / W;
+    const int plane = (int)conv_rows_plane(g);
+    int off[8];
+    for (int v0 = 0; v0 < nvt; v0 += kConvDwtMaxNV) {  // C_out: up to kConvDwtMaxNV vectors at a time
+        const int nv = nvt - v0 < kConvDwtMaxNV ? nvt - v0 : kConvDwtMaxNV, mr_max = conv_dwt_mr(nv);
+        for (int t0 = 0; t0 < K; t0 += mr_max) {  // K: taps by MR; a short last tile repeats its last tap
+            const int mr = K - t0 < mr_max ? K - t0 : mr_max;
+            for (int i = 0; i < mr_max; ++i) {
+                const int t = t0 + (i < mr ? i : mr - 1), c = t / taps, r = t % taps;
+                off[i] = c * plane + r / g.KW * g.dh * wp + r % g.KW * g.dw;
+            }
+            float* d = dwt + (ptrdiff_t)t0 * ldt + v0 * W;
+            const float* dy = dyt + v0 * W;
+            switch (nv) {
+                case 1: conv_dwt_tile<conv_dwt_mr(1), 1>(d, ldt, mr, xpad, off, dy, g.OH, g.OW, wp); break;
+                case 2: conv_dwt_tile<conv_dwt_mr(2), 2>(d, ldt, mr, xpad, off, dy, g.OH, g.OW, wp); break;
+#if !NN_SIMD || defined(__AVX512F__) || defined(__aarch64__)
+                case 3: conv_dwt_tile<conv_dwt_mr(3), 3>(d, ldt, mr, xpad, off, dy, g.OH, g.OW, wp); break;
+                default: conv_dwt_tile<conv_dwt_mr(4), 4>(d, ldt, mr, xpad, off, dy, g.OH, g.OW, wp); break;
+#endif
+            }
+        }
+    }
+}
+
 // The backward pass of one sample and group on the row path (dw += ...,
-// dx = ...; either may be null).
+// dx = ...; either may be null). By positions (1d) the weight gradient goes
+// into dW^T in scratch, not into dwg: the caller folds it (see
+// conv2d_backward_gemm).
 inline void conv_rows_backward(float* dxg, float* dwg, const float* dyg, const float* xg, const float* wg, int cig,
                                int cog, const Conv2dGeom& g, float* scratch, float* pack) {
     const int K = cig * g.KH * g.KW, wp = g.W + 2 * g.pw, n = g.OH * wp;
@@ -727,6 +907,11 @@ inline void conv_rows_backward(float* dxg, float* dwg, const float* dyg, const f
         conv_rows_pad(xpad, xg, cig, g);
         if (cog <= kConvRowsDirectDw) {
             conv_rows_dw(dwg, dyrows, ldy, xpad, cig, cog, g);
+        } else if (conv_rows_dw_by_positions(g)) {  // into dW^T in scratch (1d)
+            float* dyt = conv_rows_dyt(scratch, g);
+            const int ldt = conv_dwt_ld(g);
+            conv_dy_transpose(dyt, ldt, dyg, cog, g.OH * g.OW);
+            conv_rows_dw_positions(conv_rows_dwt(scratch, g), ldt, dyt, xpad, cig, g);
         } else if (!conv_rows_dw_uses_col(g)) {
             conv_rows_dw_dot(dwg, dyrows, ldy, xpad, cig, cog, g);
         } else {
@@ -802,9 +987,15 @@ inline void conv2d_backward_gemm(float* dx, float* dw, float* db, const float* d
     const int cig = g.C_in / g.groups, cog = g.C_out / g.groups;
     const int K = cig * g.KH * g.KW, P = g.OH * g.OW, HW = g.H * g.W;
     const bool pointwise = conv2d_is_pointwise(g), rows = conv2d_use_rows(g);
-    // N: samples; groups: the three products of the group.
-    for (int n = 0; n < g.N; ++n) {
-        for (int gi = 0; gi < g.groups; ++gi) {
+    // The row path's weight gradient by positions sums dW^T in scratch over
+    // the group's samples, then adds it to dW (1d).
+    const bool by_positions = rows && dw && conv_rows_dw_by_positions(g);
+    const int ldt = by_positions ? conv_dwt_ld(g) : 0;
+    float* dwt = by_positions ? conv_rows_dwt(scratch, g) : nullptr;
+    // Groups; N: samples; the three products of each.
+    for (int gi = 0; gi < g.groups; ++gi) {
+        if (by_positions) std::memset(dwt, 0, sizeof(float) * (size_t)K * ldt);
+        for (int n = 0; n < g.N; ++n) {
             const float* xg = x + ((ptrdiff_t)n * g.C_in + (ptrdiff_t)gi * cig) * HW;
             const float* dyg = dy + ((ptrdiff_t)n * g.C_out + (ptrdiff_t)gi * cog) * P;
             const float* wg = w + (ptrdiff_t)gi * cog * K;
@@ -835,6 +1026,11 @@ inline void conv2d_backward_gemm(float* dx, float* dw, float* db, const float* d
                     conv2d_col2im(dxg, scratch, g);
                 }
             }
+        }
+        if (by_positions) {  // dW[g] (cog x K) += dW^T
+            float* dwg = dw + (ptrdiff_t)gi * cog * K;
+            for (int co = 0; co < cog; ++co)  // C_out, K: a transposed add, once per call
+                for (int t = 0; t < K; ++t) dwg[(ptrdiff_t)co * K + t] += dwt[(ptrdiff_t)t * ldt + co];
         }
     }
 }

@@ -45,6 +45,22 @@ inline float hsum(const vf& v) {
 #endif
 }
 inline const char* arch_name() { return vf::arch_type::name(); }
+
+// Keeps a loaded vector in a register. GCC folds a load into every FMA that
+// uses the value when it can (an FMA with a memory operand), so a vector
+// meant to be loaded once and used by four FMAs is read four times; in a
+// loop that is already near the load ports' limit that costs more than the
+// FMAs. The empty asm says the register's contents changed, which rules the
+// folding out; it emits no instruction.
+inline void keep_in_register(vf& v) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    asm("" : "+v"(v.data));
+#elif defined(__GNUC__) && (defined(__aarch64__) || defined(__ARM_NEON))
+    asm("" : "+w"(v.data));
+#else
+    (void)v;
+#endif
+}
 #else
 constexpr int kWidth = 1;
 inline const char* arch_name() { return "scalar"; }

@@ -198,8 +198,10 @@ int check_case(Path p, Conv2dGeom g, bool with_bias, std::mt19937& rng) {
 // 2 and "same" (d (k - 1) / 2), dilation 1 and 2, groups 1, 2 and depthwise
 // (multiplier 1 and 2, and C_in = 1), 18 output channels (several GEMM row
 // tiles, so the per-row bias must find its row), 2 groups of 12 (the row
-// path's dot-product weight gradient), sizes 1x1, 5x7, 7x5, 28x28,
-// 9x40 (40: two vectors and a partial one on AVX-512), batch 1 and 3, bias on
+// path's dot-product weight gradient), 6 and 8 input channels per group (its
+// shifted-row input gradient and weight gradient by positions), sizes 1x1,
+// 5x7, 7x5, 28x28, 9x40 (40: two vectors and a partial one on AVX-512),
+// batch 1 and 3, bias on
 // and off. Geometries PyTorch rejects (kernel larger than the padded input)
 // are checked to be rejected and skipped.
 struct GridCase {
@@ -211,7 +213,11 @@ std::vector<GridCase> grid() {
     const int sizes[][2] = {{1, 1}, {5, 7}, {7, 5}, {28, 28}, {9, 40}};
     // {C_in, C_out, groups}; 18 output channels span several GEMM row tiles;
     // 12 per group take the row path's dot-product weight gradient.
-    const int chans[][3] = {{3, 4, 1}, {4, 6, 2}, {4, 4, 4}, {3, 6, 3}, {1, 3, 1}, {2, 18, 1}, {4, 24, 2}};
+    // 8 -> 12 and 2 groups of 6 -> 10 take the row path's shifted-row input
+    // gradient (6 or more input channels) and, from 64 taps, its weight
+    // gradient by positions.
+    const int chans[][3] = {{3, 4, 1}, {4, 6, 2}, {4, 4, 4}, {3, 6, 3}, {1, 3, 1},
+                            {2, 18, 1}, {4, 24, 2}, {8, 12, 1}, {12, 20, 2}};
     std::vector<GridCase> out;
     int i = 0;
     for (const auto& k : kernels)
@@ -259,6 +265,9 @@ TEST(Conv, LayerShapes) {
         geom(2, 6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1),   // LeNet conv2
         geom(2, 1, 28, 28, 32, 5, 5, 1, 1, 2, 2, 1, 1, 1),   // ConvNet conv1
         geom(2, 32, 14, 14, 64, 5, 5, 1, 1, 2, 2, 1, 1, 1),  // ConvNet conv2
+        // By positions: 72 channels (4.5 AVX-512 vectors: two groups of
+        // vectors, a partial one) and 81 taps (a short last tile of taps)
+        geom(2, 9, 7, 9, 72, 3, 3, 1, 1, 1, 1, 1, 1, 1),
     };
     for (const Conv2dGeom& g : shapes) {
         EXPECT_EQ(check_case(Path::Gemm, g, true, rng), 0);
@@ -276,23 +285,26 @@ TEST(Conv, LayerShapes) {
     // to 16) and a vector after the padded plane's extent, as scratch (col
     // rounded up to 16 floats too); otherwise one col matrix over OH x OW.
     // On the row path col (and the GEMM's packing) is needed only by a
-    // weight gradient with more than 8 output channels per group (16 where
-    // the GEMM has dot-product tiles) and an input gradient with fewer than
-    // 6 input channels per group.
+    // weight gradient with more than 8 output channels per group and fewer
+    // than 64 taps (C_in/g x KH x KW) unless the GEMM has dot-product tiles
+    // and at most 16 channels, and by an input gradient with fewer than 6
+    // input channels per group. From 8 channels and 64 taps the weight
+    // gradient goes by positions instead (dY^T and dW^T in scratch).
     const bool dot = nn::kGemmHasDot;
     const struct {
         Conv2dGeom g;
-        bool direct, rows, col;
+        bool direct, rows, col, pos;
     } rule[] = {
-        {geom(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64), true, true, false},  // (its GEMM path would)
-        {geom(1, 16, 28, 28, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16), true, false, false},
-        {geom(1, 16, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16), false, true, true},   // dx of 1 channel
-        {geom(1, 16, 28, 28, 64, 3, 3, 2, 2, 1, 1, 1, 1, 16), false, false, true},  // stride 2
-        {geom(1, 4, 6, 6, 8, 5, 5, 1, 1, 0, 0, 1, 1, 1), false, false, true},        // 6 columns for 2 outputs
-        {shapes[0], false, true, true},   // dx of 1 channel
-        {shapes[1], false, true, !dot},   // 16 output channels, 6 input channels
-        {shapes[2], false, true, true},   // dW of 32 channels
-        {shapes[3], false, true, true},   // dW of 64 channels
+        {geom(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64), true, true, false, false},  // (its GEMM path would)
+        {geom(1, 16, 28, 28, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16), true, false, false, false},
+        {geom(1, 16, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16), false, true, true, false},   // dx of 1 channel
+        {geom(1, 16, 28, 28, 64, 3, 3, 2, 2, 1, 1, 1, 1, 16), false, false, true, false},  // stride 2
+        {geom(1, 4, 6, 6, 8, 5, 5, 1, 1, 0, 0, 1, 1, 1), false, false, true, false},        // 6 columns for 2 outputs
+        {geom(1, 6, 9, 9, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1), false, true, !dot, false},       // 54 taps, 12 channels
+        {shapes[0], false, true, true, false},   // dx of 1 channel
+        {shapes[1], false, true, false, true},   // 150 taps, 16 channels, dx of 6
+        {shapes[2], false, true, true, false},   // 25 taps, 32 channels
+        {shapes[3], false, true, false, true},   // 800 taps, 64 channels
     };
     for (auto r : rule) {
         ASSERT_TRUE(nn::conv2d_geom_init(r.g));
@@ -307,7 +319,9 @@ TEST(Conv, LayerShapes) {
         const size_t lead = ((size_t)(r.g.KH - 1) * r.g.dh * wp + (size_t)(r.g.KW - 1) * r.g.dw + 15) / 16 * 16;
         const size_t dy_row = (lead + hp * wp + vec + 15) / 16 * 16;
         const size_t col_rows = r.col ? (col + 15) / 16 * 16 : 0;
-        const size_t want = r.direct ? 0 : r.rows ? col_rows + planes + cog * dy_row : col;
+        const size_t ldt = (cog + vec - 1) / vec * vec, K = cig * r.g.KH * r.g.KW;
+        const size_t pos = r.pos ? ((size_t)r.g.OH * r.g.OW * ldt + 15) / 16 * 16 + (K * ldt + 15) / 16 * 16 : 0;
+        const size_t want = r.direct ? 0 : r.rows ? col_rows + planes + cog * dy_row + pos : col;
         EXPECT_EQ(nn::conv2d_scratch_floats(r.g), want) << describe(r.g, false);
         EXPECT_EQ(nn::conv2d_pack_floats(r.g) != 0, !r.direct && r.col) << describe(r.g, false);
     }
