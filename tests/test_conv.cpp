@@ -268,6 +268,9 @@ TEST(Conv, LayerShapes) {
         // By positions: 72 channels (4.5 AVX-512 vectors: two groups of
         // vectors, a partial one) and 81 taps (a short last tile of taps)
         geom(2, 9, 7, 9, 72, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+        // Direct weight gradient, 8 channels: a block of 6 and one of 2 with
+        // 32 vector registers
+        geom(2, 2, 9, 11, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1),
     };
     for (const Conv2dGeom& g : shapes) {
         EXPECT_EQ(check_case(Path::Gemm, g, true, rng), 0);
