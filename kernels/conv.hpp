@@ -520,15 +520,16 @@ static inline void conv_shift_tile(float* c, int ldc, const float* a, int lda, i
     }
 #else
     float acc[ROWS][NV] = {};
+    const int nj = nr < NV ? nr : NV;  // columns: src is read no further than the vector builds do
     for (int ci = 0; ci < nc; ++ci, a += a_c, src += s_c)  // C, KH, KW: the taps of the sum
         for (int kh = 0; kh < KH; ++kh)
             for (int kw = 0; kw < KW; ++kw) {
                 const float* b = src + (ptrdiff_t)kh * s_h + (ptrdiff_t)kw * s_w;
                 for (int i = 0; i < ROWS; ++i)  // M x N: the tile
-                    for (int j = 0; j < NV; ++j) acc[i][j] += a[(ptrdiff_t)i * lda + kh * KW + kw] * b[j];
+                    for (int j = 0; j < nj; ++j) acc[i][j] += a[(ptrdiff_t)i * lda + kh * KW + kw] * b[j];
             }
     for (int i = 0; i < ROWS; ++i)
-        for (int j = 0; j < NV && j < nr; ++j) c[(ptrdiff_t)i * ldc + j] = acc[i][j] + (bias ? bias[i] : 0.f);
+        for (int j = 0; j < nj; ++j) c[(ptrdiff_t)i * ldc + j] = acc[i][j] + (bias ? bias[i] : 0.f);
 #endif
 }
 
