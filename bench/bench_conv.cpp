@@ -12,8 +12,9 @@
 //   convnet_conv2   (64,32,14,14) -> 64 filters 5x5 pad 2 -> (64,64,14,14)
 //   lenet_conv1     (64,1,28,28)  ->  6 filters 5x5 pad 2 -> (64,6,28,28)
 //   lenet_conv2     (64,6,14,14)  -> 16 filters 5x5 pad 0 -> (64,16,10,10)
-//   depthwise3x3    (64,64,28,28), groups 64, 3x3 pad 1 (the direct path),
-//                   and the same through im2col + GEMM (depthwise3x3_gemm)
+//   depthwise3x3    (64,64,28,28), groups 64, 3x3 pad 1, through the direct
+//                   kernel, and the same through the GEMM path's row tiles
+//                   (depthwise3x3_gemm), which conv2d_forward now picks
 // GFLOP/s counts 2 * N * C_out * OH * OW * (C_in / groups) * KH * KW per
 // forward pass (one multiply-add = 2 flops) and twice that per backward pass
 // (dx and dw; db is not counted). A network's first convolution needs no dx:
@@ -64,7 +65,8 @@ FloatBuf buf(size_t n, unsigned seed = 0) {
 
 struct ConvCase {
     int N, C_in, H, W, C_out, K, pad, groups;
-    bool force_gemm;  // take im2col + GEMM even where conv2d_forward would go direct
+    bool force_gemm;    // take the GEMM path even where conv2d_forward would go direct
+    bool force_direct;  // take the direct depthwise kernel even where conv2d_forward would not
 };
 
 // Everything one convolution needs: operands, gradients, scratch.
@@ -104,6 +106,8 @@ void BM_conv_forward(benchmark::State& state, ConvCase c) {
         if (c.force_gemm)
             nn::conv2d_forward_gemm(b.y.data(), b.x.data(), b.w.data(), b.bias.data(), b.g, b.scratch.data(),
                                     b.pack.data());
+        else if (c.force_direct)
+            nn::conv2d_depthwise_forward(b.y.data(), b.x.data(), b.w.data(), b.bias.data(), b.g);
         else
             nn::conv2d_forward(b.y.data(), b.x.data(), b.w.data(), b.bias.data(), b.g, b.scratch.data(),
                                b.pack.data());
@@ -121,6 +125,8 @@ void conv_backward(benchmark::State& state, ConvCase c, bool with_dx) {
         if (c.force_gemm)
             nn::conv2d_backward_gemm(dx, b.dw.data(), b.db.data(), b.dy.data(), b.x.data(), b.w.data(), b.g,
                                      b.scratch.data(), b.pack.data());
+        else if (c.force_direct)
+            nn::conv2d_depthwise_backward(dx, b.dw.data(), b.db.data(), b.dy.data(), b.x.data(), b.w.data(), b.g);
         else
             nn::conv2d_backward(dx, b.dw.data(), b.db.data(), b.dy.data(), b.x.data(), b.w.data(), b.g,
                                 b.scratch.data(), b.pack.data());
@@ -133,13 +139,13 @@ void conv_backward(benchmark::State& state, ConvCase c, bool with_dx) {
 void BM_conv_backward(benchmark::State& state, ConvCase c) { conv_backward(state, c, true); }
 void BM_conv_backward_dw_only(benchmark::State& state, ConvCase c) { conv_backward(state, c, false); }
 
-// {N, C_in, H, W, C_out, K, pad, groups, force_gemm}
-const ConvCase kConvnetConv1{64, 1, 28, 28, 32, 5, 2, 1, false};
-const ConvCase kConvnetConv2{64, 32, 14, 14, 64, 5, 2, 1, false};
-const ConvCase kLenetConv1{64, 1, 28, 28, 6, 5, 2, 1, false};
-const ConvCase kLenetConv2{64, 6, 14, 14, 16, 5, 0, 1, false};
-const ConvCase kDepthwise{64, 64, 28, 28, 64, 3, 1, 64, false};
-const ConvCase kDepthwiseGemm{64, 64, 28, 28, 64, 3, 1, 64, true};
+// {N, C_in, H, W, C_out, K, pad, groups, force_gemm, force_direct}
+const ConvCase kConvnetConv1{64, 1, 28, 28, 32, 5, 2, 1, false, false};
+const ConvCase kConvnetConv2{64, 32, 14, 14, 64, 5, 2, 1, false, false};
+const ConvCase kLenetConv1{64, 1, 28, 28, 6, 5, 2, 1, false, false};
+const ConvCase kLenetConv2{64, 6, 14, 14, 16, 5, 0, 1, false, false};
+const ConvCase kDepthwise{64, 64, 28, 28, 64, 3, 1, 64, false, true};
+const ConvCase kDepthwiseGemm{64, 64, 28, 28, 64, 3, 1, 64, true, false};
 
 BENCHMARK_CAPTURE(BM_conv_forward, convnet_conv1, kConvnetConv1);
 BENCHMARK_CAPTURE(BM_conv_backward, convnet_conv1, kConvnetConv1);

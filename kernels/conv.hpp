@@ -61,30 +61,30 @@
 //      only; columns with taps in the padding are summed one value at a time
 //      with bounds checks (conv_dw_point). With sw > 1, and in the plain
 //      build, every column takes the plain loop (still no im2col: depthwise
-//      3x3 stride 2 is 6.3 ms direct vs 7.9 ms GEMM below).
+//      3x3 stride 2 is 6.3 ms direct vs 6.7 ms GEMM below). At stride 1 the
+//      row path (1b) is faster, and takes depthwise layers too.
 //
 // Which path conv2d_forward / conv2d_backward take (conv2d_use_direct): the
-// direct kernel when groups == C_in and C_out <= 2 * C_in (depthwise with a
-// channel multiplier of 1 or 2), else im2col + GEMM. Measured with
-// -O2 -march=native on this AVX-512 machine (1 thread, batch 32, best of 7,
-// ms per batch, forward + backward):
-//     depthwise 64 ch, 3x3 pad 1, 28x28:         direct  6.9, GEMM 18.2
-//     depthwise 64 ch, 3x3 stride 2 pad 1, 28x28: direct  6.3, GEMM  7.9
-//     depthwise 32 ch, 5x5 pad 2, 14x14:         direct  4.0, GEMM  8.3
-//     16 -> 32 (multiplier 2), 3x3 pad 1, 28x28: direct  3.3, GEMM  4.8
-//     16 -> 64 (multiplier 4), 3x3 pad 1, 28x28: direct  6.4, GEMM  6.3
-//     16 -> 64 (multiplier 4), 5x5 pad 2, 28x28: direct 18.0, GEMM 12.9
-//      1 ->  6, 5x5 pad 2, 28x28 (LeNet conv1):   direct  1.6, GEMM  0.87
-//      1 -> 32, 5x5 pad 2, 28x28 (ConvNet conv1): direct  8.9, GEMM  1.5
-// Past two output channels per input channel the GEMM's register tiles win:
-// they reuse each loaded input value across MR output channels, the direct
-// kernel across one (and its backward, scatter-add for dx and one dot
-// product per tap for dw, is 2.5-3x its forward).
-// The table predates the row path (1b) and the ragged-tile micro-kernel,
-// which sped up the GEMM side: build/bench_conv (batch 64, median of 3) now
-// gives depthwise 64 ch, 3x3 pad 1, 28x28 as direct 3.9 + 11.3 ms (forward
-// + backward) against GEMM 5.6 + 9.5 ms, a tie. The direct path stays for
-// depthwise, as it needs no scratch; re-measuring the other rows is open.
+// direct kernel when groups == C_in, C_out <= 2 * C_in (depthwise with a
+// channel multiplier of 1 or 2) and the stride is not 1 (or the padded rows
+// are too wide for the row path); every other convolution, stride-1
+// depthwise included, the GEMM path (1, with 1b-1d at stride 1). Measured
+// with -O2 -march=native on this AVX-512 machine (1 thread, batch 32, best
+// of 7, ms per batch, forward + backward), on 2026-11-22 with the shifted
+// rows (1c) and the weight gradient by positions (1d):
+//     depthwise 64 ch, 3x3 pad 1, 28x28:          direct  6.91, GEMM 4.94
+//     depthwise 64 ch, 3x3 stride 2 pad 1, 28x28: direct  6.29, GEMM 6.73
+//     depthwise 32 ch, 5x5 pad 2, 14x14:          direct  4.08, GEMM 1.76
+//     16 -> 32 (multiplier 2), 3x3 pad 1, 28x28:  direct  3.14, GEMM 1.18
+//     16 -> 64 (multiplier 4), 3x3 pad 1, 28x28:  direct  6.47, GEMM 1.68
+//     16 -> 64 (multiplier 4), 5x5 pad 2, 28x28:  direct 18.65, GEMM 3.64
+//      1 ->  6, 5x5 pad 2, 28x28 (LeNet conv1):    direct  1.67, GEMM 0.22
+//      1 -> 32, 5x5 pad 2, 28x28 (ConvNet conv1):  direct  9.08, GEMM 0.91
+// At stride 1 the row path's tiles reuse each loaded input run across 8
+// output channels (or 8 rows of the sum), the direct kernel across one;
+// at stride 2 there is no row path, and im2col + GEMM loses to the direct
+// kernel, which reads the input in place. (Before the shifted rows, the
+// direct kernel won every depthwise row above: 6.9 vs 18.2 ms at 3x3.)
 //
 // Scratch: conv2d_scratch_floats(g) floats for col (0 for the direct path and
 // pointwise convolutions) and conv2d_pack_floats(g) floats of GEMM packing
@@ -149,8 +149,9 @@ inline bool conv2d_geom_init(Conv2dGeom& g) {
 
 // The path conv2d_forward / conv2d_backward take; see the top of this file.
 inline bool conv2d_is_depthwise(const Conv2dGeom& g) { return g.groups == g.C_in; }
+inline bool conv2d_use_rows(const Conv2dGeom& g);
 inline bool conv2d_use_direct(const Conv2dGeom& g) {
-    return conv2d_is_depthwise(g) && g.C_out <= 2 * g.C_in;
+    return conv2d_is_depthwise(g) && g.C_out <= 2 * g.C_in && !conv2d_use_rows(g);
 }
 // A 1x1 convolution, stride 1, no padding: col would be a copy of the input.
 inline bool conv2d_is_pointwise(const Conv2dGeom& g) {

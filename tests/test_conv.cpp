@@ -280,8 +280,9 @@ TEST(Conv, LayerShapes) {
         }
     }
     // The rule at the top of conv.hpp: depthwise with a multiplier of 1 or 2
-    // goes direct, without scratch; the layers above and larger multipliers
-    // through the GEMM. Stride 1 with at most 1.5 padded columns per output
+    // goes direct, without scratch, unless the row path takes it; the layers
+    // above and larger multipliers through the GEMM. Stride 1 with at most
+    // 1.5 padded columns per output
     // column takes the row path: col over OH x Wp columns, the padded planes
     // with a vector of zeros after them (rounded up to 16 floats) and the
     // output rows, each inside (KH - 1) Wp + KW - 1 zeros before (rounded up
@@ -298,7 +299,7 @@ TEST(Conv, LayerShapes) {
         Conv2dGeom g;
         bool direct, rows, col, pos;
     } rule[] = {
-        {geom(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64), true, true, false, false},  // (its GEMM path would)
+        {geom(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 64), false, true, true, false},  // depthwise, stride 1
         {geom(1, 16, 28, 28, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16), true, false, false, false},
         {geom(1, 16, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, 16), false, true, true, false},   // dx of 1 channel
         {geom(1, 16, 28, 28, 64, 3, 3, 2, 2, 1, 1, 1, 1, 16), false, false, true, false},  // stride 2
