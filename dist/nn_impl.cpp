@@ -2960,9 +2960,9 @@ inline void conv_rows_im2col(float* col, const float* xpad, int cig, const Conv2
 // --- 1c. Shifted rows: products with col, reading the padded planes --------------
 // On the row path, col's row (c, kh, kw) is the run of xpad[c] starting at
 // kh dh Wp + kw dw (1b): a product with col can read those runs in place
-// instead of copying them into col and the GEMM's packed panels, the two
-// copies that cost LeNet's conv2 more than its multiply-adds. One tile,
-// ROWS x NV vectors of C, is
+// instead of copying them into col and then into the GEMM's packed panels
+// (LeNet's conv2 forward, batch 64: 310 -> 216 us without the copies).
+// One tile, ROWS x NV vectors of C, is
 //   C[i, j] = bias[i] + sum_{c < nc, kh < KH, kw < KW}
 //             a[i lda + c a_c + kh KW + kw] * src[c s_c + kh s_h + kw s_w + j]
 // for i < ROWS and j < nr (nr <= NV * kWidth; the last vector is stored
