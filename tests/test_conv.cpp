@@ -227,6 +227,9 @@ std::vector<GridCase> grid() {
                     for (const auto& c : chans)
                         for (const auto& hw : sizes) {
                             ++i;
+                            // the wide channel counts skip 28x28, which LayerShapes covers,
+                            // to keep the qemu runs of the suite short
+                            if (c[0] >= 8 && hw[0] == 28) continue;
                             const int ph = pad < 3 ? pad : d * (k[0] - 1) / 2;
                             const int pw = pad < 3 ? pad : d * (k[1] - 1) / 2;
                             Conv2dGeom g = geom(i % 2 ? 3 : 1, c[0], hw[0], hw[1], c[1], k[0], k[1], s, s,
