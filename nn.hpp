@@ -215,6 +215,18 @@ struct Rng {
 // Layers: one tagged struct, dispatched by `kind` in forward/backward.
 // ===========================================================================
 enum class Act : uint8_t { None, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax };
+// How build() draws the initial weights of Dense and Conv2D (Layer::init).
+// Torch, the default, is PyTorch's: weight and bias ~ U(-1/sqrt(fan_in),
+// 1/sqrt(fan_in)). The others are the schemes Keras names, with zero bias:
+//   GlorotUniform  U(-a, a), a = sqrt(6 / (fan_in + fan_out))  (Keras's default)
+//   GlorotNormal   N(0, 2 / (fan_in + fan_out))
+//   HeUniform      U(-a, a), a = sqrt(6 / fan_in)
+//   HeNormal       N(0, 2 / fan_in)
+// Fans as torch.nn.init counts them: Dense fan_in = in, fan_out = units;
+// Conv2D fan_in = in/groups * kh * kw, fan_out = out * kh * kw. The normal
+// draws are not truncated (torch.nn.init's xavier_normal_ and
+// kaiming_normal_; Keras cuts its draws at 2 standard deviations).
+enum class Init : uint8_t { Torch, GlorotUniform, GlorotNormal, HeUniform, HeNormal };
 enum class LayerKind : uint8_t {
     Dense, Activation, Dropout, Flatten, Custom,
     Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, BatchNorm,
@@ -299,6 +311,7 @@ struct Layer {
     int units = 0;
     bool use_bias = true;
     float l1 = 0.0f, l2 = 0.0f;  // weight regularization added to the loss
+    Init init = Init::Torch;     // Dense and Conv2D: the initial weights (set_init)
 
     // Dropout (inverted): zero with probability `rate`, scale by 1/(1-rate).
     float rate = 0.0f;
@@ -398,6 +411,8 @@ struct Layer {
     Rng rng;  // dropout draws
     uint64_t tape_graph = 0;  // the tape graph that last applied it (nn::apply)
 
+    // model.add(nn::Dense(128, nn::Act::ReLU).set_init(nn::Init::HeUniform));
+    Layer& set_init(Init i) { init = i; return *this; }
     Tensor& weight() { return params[0]; }
     Tensor& bias() { return params[1]; }
     Tensor& weight_grad() { return grads[0]; }
@@ -438,6 +453,10 @@ Layer Embedding(int num_embeddings, int embedding_dim);
 Layer BatchNorm1d(int num_features = 0, float eps = 1e-5f, float momentum = 0.1f, bool affine = true);
 Layer BatchNorm2d(int num_features = 0, float eps = 1e-5f, float momentum = 0.1f, bool affine = true);
 const char* act_name(Act a);
+const char* init_name(Init i);  // "torch", "glorot_uniform", ... (Keras's names)
+// The Init named `name` (init_name's spelling); an unknown name is an error
+// that lists the known ones.
+Status init_from_name(const char* name, Init* out);
 
 // Custom layers call this from their `declare` hook.
 Status declare_param(Layer& self, const char* name, const Shape& shape);

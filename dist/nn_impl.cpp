@@ -5909,6 +5909,30 @@ const char* act_name(Act a) {
     return "?";
 }
 
+static const Init kInits[] = {Init::Torch, Init::GlorotUniform, Init::GlorotNormal, Init::HeUniform,
+                               Init::HeNormal};
+
+const char* init_name(Init i) {
+    switch (i) {
+        case Init::Torch: return "torch";
+        case Init::GlorotUniform: return "glorot_uniform";
+        case Init::GlorotNormal: return "glorot_normal";
+        case Init::HeUniform: return "he_uniform";
+        case Init::HeNormal: return "he_normal";
+    }
+    return "?";
+}
+
+Status init_from_name(const char* name, Init* out) {
+    for (Init i : kInits)
+        if (name && std::strcmp(name, init_name(i)) == 0) {
+            *out = i;
+            return Status{};
+        }
+    return errorf("unknown initializer \"%s\" (known: torch, glorot_uniform, glorot_normal, he_uniform, he_normal)",
+                  name ? name : "(null)");
+}
+
 const char* Layer::type_name() const {
     switch (kind) {
         case LayerKind::Dense: return "Dense";
@@ -6146,24 +6170,28 @@ Status output_shape(const Layer& L, const Shape& in, Shape* out) {
     return errorf("layer \"%s\": unknown kind", L.name);
 }
 
-// Kaiming-uniform with a = sqrt(5), as torch.nn.Linear: both weight and bias
-// ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-static void dense_init(Layer& L, Rng& rng) {
-    const float bound = 1.0f / std::sqrt((float)L.in_features);
+// Dense and Conv2D weights by L.init (nn.hpp lists the schemes). Torch is
+// Kaiming-uniform with a = sqrt(5), as torch.nn.Linear and Conv2d: weight and
+// bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn in that order.
+static void weight_init(Layer& L, Rng& rng) {
     Tensor& w = L.params[0];
-    for (size_t i = 0; i < w.numel(); ++i) w.data[i] = rng.uniform(-bound, bound);
+    const size_t rows = (size_t)w.shape.dim[0];  // units or out_channels
+    const double fan_in = (double)(w.numel() / rows);  // in, or in/groups * kh * kw
+    const double receptive = L.kind == LayerKind::Conv2D ? (double)L.kernel.h * L.kernel.w : 1.0;
+    const double fan_out = (double)rows * receptive;
+    const bool normal = L.init == Init::GlorotNormal || L.init == Init::HeNormal;
+    double scale = 0.0;  // the uniform bound, or the normal's standard deviation
+    switch (L.init) {
+        case Init::Torch: scale = 1.0f / std::sqrt((float)fan_in); break;  // float, as it always was
+        case Init::GlorotUniform: scale = std::sqrt(6.0 / (fan_in + fan_out)); break;
+        case Init::GlorotNormal: scale = std::sqrt(2.0 / (fan_in + fan_out)); break;
+        case Init::HeUniform: scale = std::sqrt(6.0 / fan_in); break;
+        case Init::HeNormal: scale = std::sqrt(2.0 / fan_in); break;
+    }
+    const float s = (float)scale;
+    for (size_t i = 0; i < w.numel(); ++i) w.data[i] = normal ? s * rng.normal() : rng.uniform(-s, s);
     if (L.use_bias)
-        for (int j = 0; j < L.units; ++j) L.params[1].data[j] = rng.uniform(-bound, bound);
-}
-
-// Conv2D: Kaiming-uniform with a = sqrt(5) as torch.nn.Conv2d, weight and
-// bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in/groups * kh * kw.
-static void conv_init(Layer& L, Rng& rng) {
-    const Tensor& w = L.params[0];
-    const float bound = 1.0f / std::sqrt((float)(w.numel() / (size_t)L.out_channels));
-    for (size_t i = 0; i < w.numel(); ++i) w.data[i] = rng.uniform(-bound, bound);
-    if (L.use_bias)
-        for (int j = 0; j < L.out_channels; ++j) L.params[1].data[j] = rng.uniform(-bound, bound);
+        for (size_t j = 0; j < rows; ++j) L.params[1].data[j] = L.init == Init::Torch ? rng.uniform(-s, s) : 0.0f;
 }
 
 // BatchNorm's parameters: [weight, bias,] running_mean, running_var.
@@ -6329,6 +6357,11 @@ static Status declare_layer_params(Layer& b, const Shape& in) {
 Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t seed) {
     if (max_batch < 1) return errorf("layer \"%s\": max_batch must be >= 1 (got %d)", L.name, max_batch);
     Shape out;
+    if ((unsigned)L.init > (unsigned)Init::HeNormal)
+        return errorf("layer \"%s\": unknown initializer %u", L.name, (unsigned)L.init);
+    if (L.init != Init::Torch && L.kind != LayerKind::Dense && L.kind != LayerKind::Conv2D)
+        return errorf("layer \"%s\" (%s): initializer %s applies to Dense and Conv2D only", L.name, L.type_name(),
+                      init_name(L.init));
     Status st = output_shape(L, in, &out);
     if (!st) return st;
     Layer b = L;  // built on a copy: L changes only when everything fits
@@ -6397,8 +6430,7 @@ Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t se
     b.rng.seed_with(seed ^ 0x9e3779b97f4a7c15ULL);
     if (!arena.measuring) {
         Rng init_rng(seed);
-        if (b.kind == LayerKind::Dense) dense_init(b, init_rng);
-        if (b.kind == LayerKind::Conv2D) conv_init(b, init_rng);
+        if (b.kind == LayerKind::Dense || b.kind == LayerKind::Conv2D) weight_init(b, init_rng);
         if (b.kind == LayerKind::BatchNorm) batchnorm_init(b);
         if (b.kind == LayerKind::Recurrent) rnn_init(b, init_rng);
         if (b.kind == LayerKind::Embedding)

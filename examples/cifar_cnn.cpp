@@ -21,7 +21,7 @@ static void conv_bn_relu(nn::Model& m, int out) {
 }
 
 int main(int argc, char** argv) {
-    ExampleArgs args = parse_args(argc, argv);
+    ExampleArgs args = parse_args(argc, argv, /*accepts_init=*/true);
     if (!args.data) {
         std::printf("cifar_cnn: give the CIFAR-10 binary files' directory with --data DIR "
                     "(data_batch_1.bin .. data_batch_5.bin, test_batch.bin); nothing to do without it\n");

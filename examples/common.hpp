@@ -17,16 +17,20 @@ struct ExampleArgs {
     unsigned long long seed = 0;
     const char* data = nullptr;
     int verbose = 1;
+    bool init_given = false;  // --init: Dense and Conv2D weights (nn::Init)
+    nn::Init init = nn::Init::Torch;
 };
 
-inline void example_usage(const char* prog) {
+inline void example_usage(const char* prog, bool accepts_init) {
     std::fprintf(stderr,
                  "usage: %s [--epochs N] [--batch B] [--threads T] [--steps N] [--data DIR] [--seed S]\n"
-                 "          [--verbose 0|1|2]\n", prog);
+                 "          [--verbose 0|1|2]%s\n",
+                 prog, accepts_init ? " [--init torch|glorot_uniform|glorot_normal|he_uniform|he_normal]" : "");
 }
 
-// Parses the common flags; exits with a message on anything else.
-inline ExampleArgs parse_args(int argc, char** argv) {
+// Parses the common flags; exits with a message on anything else. --init is
+// taken by the examples that pass accepts_init (they call apply_init).
+inline ExampleArgs parse_args(int argc, char** argv, bool accepts_init = false) {
     ExampleArgs a;
     for (int i = 1; i < argc; ++i) {
         const char* f = argv[i];
@@ -34,7 +38,7 @@ inline ExampleArgs parse_args(int argc, char** argv) {
         auto need = [&](const char* flag) {
             if (!v) {
                 std::fprintf(stderr, "%s: %s needs a value\n", argv[0], flag);
-                example_usage(argv[0]);
+                example_usage(argv[0], accepts_init);
                 std::exit(2);
             }
         };
@@ -56,15 +60,33 @@ inline ExampleArgs parse_args(int argc, char** argv) {
         else if (!std::strcmp(f, "--seed")) a.seed = (unsigned long long)number(f, 0);
         else if (!std::strcmp(f, "--verbose")) a.verbose = (int)number(f, 0);
         else if (!std::strcmp(f, "--data")) { need(f); a.data = v; ++i; }
-        else if (!std::strcmp(f, "--help") || !std::strcmp(f, "-h")) { example_usage(argv[0]); std::exit(0); }
+        else if (accepts_init && !std::strcmp(f, "--init")) {
+            need(f);
+            nn::Status st = nn::init_from_name(v, &a.init);
+            if (!st) {
+                std::fprintf(stderr, "%s: --init: %s\n", argv[0], st.message());
+                std::exit(2);
+            }
+            a.init_given = true;
+            ++i;
+        }
+        else if (!std::strcmp(f, "--help") || !std::strcmp(f, "-h")) { example_usage(argv[0], accepts_init); std::exit(0); }
         else {
             std::fprintf(stderr, "%s: unknown flag '%s'\n", argv[0], f);
-            example_usage(argv[0]);
+            example_usage(argv[0], accepts_init);
             std::exit(2);
         }
     }
     if (a.threads > 0) nn::set_num_threads(a.threads);
     return a;
+}
+
+// --init: every Dense and Conv2D layer of `model` draws its weights that way
+// when compiled (the layers' default is PyTorch's initialisation).
+inline void apply_init(nn::Model& model, const ExampleArgs& args) {
+    if (!args.init_given) return;
+    for (nn::Layer& L : model.layers)
+        if (L.kind == nn::LayerKind::Dense || L.kind == nn::LayerKind::Conv2D) L.set_init(args.init);
 }
 
 // Counts heap allocations between the end of the first training step and the
@@ -123,6 +145,7 @@ inline nn::Status compile_and_fit(nn::Model& model, nn::CompileOptions co, const
                                   const ExampleArgs& args, int epochs, int batch, StepAllocCounter* allocs) {
     co.max_batch = batch;
     co.seed = args.seed;
+    apply_init(model, args);
     nn::Status st = model.compile(co);
     if (!st) return st;
     model.summary();

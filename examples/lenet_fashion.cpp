@@ -11,7 +11,7 @@
 #include "common.hpp"
 
 int main(int argc, char** argv) {
-    ExampleArgs args = parse_args(argc, argv);
+    ExampleArgs args = parse_args(argc, argv, /*accepts_init=*/true);
     const int epochs = args.epochs ? args.epochs : 3;
     const int batch = args.batch ? args.batch : 64;
     const char* dir = args.data ? args.data : "/usr/share/datasets/fashion-mnist";

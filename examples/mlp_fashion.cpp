@@ -5,7 +5,7 @@
 #include "common.hpp"
 
 int main(int argc, char** argv) {
-    ExampleArgs args = parse_args(argc, argv);
+    ExampleArgs args = parse_args(argc, argv, /*accepts_init=*/true);
     const int epochs = args.epochs ? args.epochs : 10;
     const int batch = args.batch ? args.batch : 64;
     const char* dir = args.data ? args.data : "/usr/share/datasets/fashion-mnist";
@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
     co.optimizer = nn::Adam(1e-3f);
     co.max_batch = batch;
     co.seed = args.seed;
+    apply_init(model, args);
     if (!(st = model.compile(co))) return fail(st);
     model.summary();
 

@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     const char* cell_flag = take_flag(argc, argv, "--cell");
     const char* noise_flag = take_flag(argc, argv, "--noise");
     const char* window_flag = take_flag(argc, argv, "--window");
-    ExampleArgs args = parse_args(argc, argv);
+    ExampleArgs args = parse_args(argc, argv, /*accepts_init=*/true);
     const bool gru = cell_flag && !std::strcmp(cell_flag, "gru");
     if (cell_flag && !gru && std::strcmp(cell_flag, "lstm") != 0) {
         std::fprintf(stderr, "%s: --cell takes lstm or gru, got '%s'\n", argv[0], cell_flag);
