@@ -298,6 +298,8 @@ struct CustomLayerOps {
                      const Tensor& y) = nullptr;
 };
 
+struct LayerCode;  // nn_impl.cpp: a kind's forward and backward (Layer::code)
+
 struct Layer {
     LayerKind kind = LayerKind::Activation;
     char name[32] = {0};  // "dense", "dense_1", ... when empty at add()
@@ -363,6 +365,13 @@ struct Layer {
     // Embedding: token ids (stored as floats, samples (T)) -> (T, dim).
     int num_embeddings = 0;
     int embedding_dim = 0;
+
+    // The forward and backward code of the kinds with large kernels (Conv2D,
+    // the pooling layers, BatchNorm, the recurrent layers, Embedding), set by
+    // their constructors: a program links the kernels of the kinds it
+    // constructs and no others, so a static MLP program carries no
+    // convolution code (BENCHMARKS.md, issue 8). Null for the other kinds.
+    const LayerCode* code = nullptr;
 
     // Custom
     const CustomLayerOps* custom = nullptr;

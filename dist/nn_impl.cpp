@@ -5785,6 +5785,40 @@ void restore_denormals(uint64_t saved) {
 // Layers: constructors, build, forward, backward — one switch on `kind`.
 // ===========================================================================
 
+// Forward and backward of the kinds whose kernels are large, reached through
+// Layer::code. Only a kind's constructor refers to its table, so a program
+// links the kernels of the kinds it constructs and no others (with
+// -ffunction-sections and --gc-sections in a static link). The tables are
+// defined with forward() below.
+struct LayerCode {
+    Status (*forward)(Layer& L, float* y, const float* x, int B, Mode mode);
+    // dx may be null (no input gradient wanted); parameter gradients are
+    // overwritten when overwrite_grads, else accumulated.
+    void (*backward)(Layer& L, float* dx, const float* dy, const float* x, const float* y, int B,
+                     bool overwrite_grads);
+};
+static const LayerCode* conv2d_code();
+static const LayerCode* maxpool2d_code();
+static const LayerCode* avgpool2d_code();
+static const LayerCode* global_avgpool_code();
+static const LayerCode* batchnorm_code();
+static const LayerCode* recurrent_code();
+static const LayerCode* embedding_code();
+
+// The kinds forward() reaches through Layer::code.
+static bool layer_uses_code(LayerKind kind) {
+    switch (kind) {
+        case LayerKind::Conv2D:
+        case LayerKind::MaxPool2D:
+        case LayerKind::AvgPool2D:
+        case LayerKind::GlobalAvgPool:
+        case LayerKind::BatchNorm:
+        case LayerKind::Recurrent:
+        case LayerKind::Embedding: return true;
+        default: return false;
+    }
+}
+
 static Layer make_layer(LayerKind kind, Act act) {
     Layer L;
     L.kind = kind;
@@ -5834,6 +5868,7 @@ Layer Conv2D(int in_channels, int out_channels, Size2 kernel, Size2 stride, Padd
     L.dilation = dilation;
     L.groups = groups;
     L.use_bias = bias;
+    L.code = conv2d_code();
     return L;
 }
 static Layer make_pool(LayerKind kind, Size2 kernel, Size2 stride, Size2 padding) {
@@ -5844,14 +5879,21 @@ static Layer make_pool(LayerKind kind, Size2 kernel, Size2 stride, Size2 padding
     return L;
 }
 Layer MaxPool2D(Size2 kernel, Size2 stride, Size2 padding) {
-    return make_pool(LayerKind::MaxPool2D, kernel, stride, padding);
+    Layer L = make_pool(LayerKind::MaxPool2D, kernel, stride, padding);
+    L.code = maxpool2d_code();
+    return L;
 }
 Layer AvgPool2D(Size2 kernel, Size2 stride, Size2 padding, bool count_include_pad) {
     Layer L = make_pool(LayerKind::AvgPool2D, kernel, stride, padding);
     L.count_include_pad = count_include_pad;
+    L.code = avgpool2d_code();
     return L;
 }
-Layer GlobalAvgPool() { return make_layer(LayerKind::GlobalAvgPool, Act::None); }
+Layer GlobalAvgPool() {
+    Layer L = make_layer(LayerKind::GlobalAvgPool, Act::None);
+    L.code = global_avgpool_code();
+    return L;
+}
 static Layer make_batchnorm(int dims, int num_features, float eps, float momentum, bool affine) {
     Layer L = make_layer(LayerKind::BatchNorm, Act::None);
     L.bn_dims = dims;
@@ -5859,6 +5901,7 @@ static Layer make_batchnorm(int dims, int num_features, float eps, float momentu
     L.eps = eps;
     L.momentum = momentum;
     L.affine = affine;
+    L.code = batchnorm_code();
     return L;
 }
 Layer BatchNorm1d(int num_features, float eps, float momentum, bool affine) {
@@ -5875,6 +5918,7 @@ static Layer make_recurrent(RnnCell cell, int input_size, int hidden_size, int n
     L.hidden_size = hidden_size;
     L.num_layers = num_layers;
     L.return_sequences = return_sequences;
+    L.code = recurrent_code();
     return L;
 }
 
@@ -5894,6 +5938,7 @@ Layer Embedding(int num_embeddings, int embedding_dim) {
     Layer L = make_layer(LayerKind::Embedding, Act::None);
     L.num_embeddings = num_embeddings;
     L.embedding_dim = embedding_dim;
+    L.code = embedding_code();
     return L;
 }
 
@@ -6359,6 +6404,9 @@ Status build(Layer& L, const Shape& in, int max_batch, Arena& arena, uint64_t se
     Shape out;
     if ((unsigned)L.init > (unsigned)Init::HeNormal)
         return errorf("layer \"%s\": unknown initializer %u", L.name, (unsigned)L.init);
+    if (layer_uses_code(L.kind) && !L.code)
+        return errorf("layer \"%s\" (%s): made without its constructor (nn::%s(...)), which links its kernels",
+                      L.name, L.type_name(), L.type_name());
     if (L.init != Init::Torch && L.kind != LayerKind::Dense && L.kind != LayerKind::Conv2D)
         return errorf("layer \"%s\" (%s): initializer %s applies to Dense and Conv2D only", L.name, L.type_name(),
                       init_name(L.init));
@@ -6985,6 +7033,102 @@ static void batchnorm_layer_backward(Layer& L, float* dx, const float* dy, const
                                 gamma, L.eps, (size_t)B, C, plane);
 }
 
+// --- The LayerCode tables (see make_layer) ---------------------------------
+
+static Status conv2d_code_forward(Layer& L, float* y, const float* x, int B, Mode) {
+    conv_layer_forward(L, y, x, B);
+    return Status{};
+}
+static void conv2d_code_backward(Layer& L, float* dx, const float* dy, const float* x, const float*, int B,
+                                 bool overwrite_grads) {
+    conv_layer_backward(L, dx, dy, x, B, overwrite_grads);
+}
+static const LayerCode* conv2d_code() {
+    static const LayerCode code = {conv2d_code_forward, conv2d_code_backward};
+    return &code;
+}
+
+static Status maxpool2d_code_forward(Layer& L, float* y, const float* x, int B, Mode) {
+    maxpool2d_forward(y, L.indices, x, layer_pool_geometry(L), (size_t)B, (size_t)L.in_shape.dim[0]);
+    if (L.relu_after_pool) leaky_relu_forward(y, y, 0.0f, (size_t)B * L.out_shape.numel());
+    return Status{};
+}
+static void maxpool2d_code_backward(Layer& L, float* dx, const float* dy, const float*, const float* y, int B, bool) {
+    if (dx)
+        maxpool2d_backward(dx, dy, L.indices, layer_pool_geometry(L), (size_t)B, (size_t)L.in_shape.dim[0],
+                           L.relu_after_pool ? y : nullptr);
+}
+static const LayerCode* maxpool2d_code() {
+    static const LayerCode code = {maxpool2d_code_forward, maxpool2d_code_backward};
+    return &code;
+}
+
+static Status avgpool2d_code_forward(Layer& L, float* y, const float* x, int B, Mode) {
+    avgpool2d_forward(y, x, layer_pool_geometry(L), L.count_include_pad, (size_t)B, (size_t)L.in_shape.dim[0]);
+    return Status{};
+}
+static void avgpool2d_code_backward(Layer& L, float* dx, const float* dy, const float*, const float*, int B, bool) {
+    if (dx)
+        avgpool2d_backward(dx, dy, layer_pool_geometry(L), L.count_include_pad, (size_t)B,
+                           (size_t)L.in_shape.dim[0]);
+}
+static const LayerCode* avgpool2d_code() {
+    static const LayerCode code = {avgpool2d_code_forward, avgpool2d_code_backward};
+    return &code;
+}
+
+static size_t layer_plane(const Layer& L) { return (size_t)L.in_shape.dim[1] * (size_t)L.in_shape.dim[2]; }
+static Status global_avgpool_code_forward(Layer& L, float* y, const float* x, int B, Mode) {
+    global_avgpool_forward(y, x, (size_t)B, (size_t)L.in_shape.dim[0], layer_plane(L));
+    return Status{};
+}
+static void global_avgpool_code_backward(Layer& L, float* dx, const float* dy, const float*, const float*, int B,
+                                         bool) {
+    if (dx) global_avgpool_backward(dx, dy, (size_t)B, (size_t)L.in_shape.dim[0], layer_plane(L));
+}
+static const LayerCode* global_avgpool_code() {
+    static const LayerCode code = {global_avgpool_code_forward, global_avgpool_code_backward};
+    return &code;
+}
+
+static Status batchnorm_code_forward(Layer& L, float* y, const float* x, int B, Mode mode) {
+    return batchnorm_layer_forward(L, y, x, B, mode);
+}
+static void batchnorm_code_backward(Layer& L, float* dx, const float* dy, const float* x, const float*, int B,
+                                    bool overwrite_grads) {
+    batchnorm_layer_backward(L, dx, dy, x, B, overwrite_grads);
+}
+static const LayerCode* batchnorm_code() {
+    static const LayerCode code = {batchnorm_code_forward, batchnorm_code_backward};
+    return &code;
+}
+
+static Status recurrent_code_forward(Layer& L, float* y, const float* x, int B, Mode) {
+    return rnn_layer_forward(L, y, x, B);
+}
+static void recurrent_code_backward(Layer& L, float* dx, const float* dy, const float*, const float*, int B,
+                                    bool overwrite_grads) {
+    if (overwrite_grads) zero_grad(L);
+    rnn_layer_backward(L, dx, dy, B);
+}
+static const LayerCode* recurrent_code() {
+    static const LayerCode code = {recurrent_code_forward, recurrent_code_backward};
+    return &code;
+}
+
+static Status embedding_code_forward(Layer& L, float* y, const float* x, int B, Mode) {
+    return embedding_forward(L, y, x, B);
+}
+static void embedding_code_backward(Layer& L, float* dx, const float* dy, const float* x, const float*, int B,
+                                    bool overwrite_grads) {
+    if (overwrite_grads) zero_grad(L);
+    embedding_backward(L, dx, dy, x, B);
+}
+static const LayerCode* embedding_code() {
+    static const LayerCode code = {embedding_code_forward, embedding_code_backward};
+    return &code;
+}
+
 Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
     Status st = check_io(L, y, x, "forward output", L.out_shape);
     if (!st) return st;
@@ -6994,8 +7138,6 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
     L.last_mode = mode;
     switch (L.kind) {
         case LayerKind::Dense: dense_forward(L, y.data, x.data, dense_rows(L, B)); break;
-        case LayerKind::Recurrent: return rnn_layer_forward(L, y.data, x.data, B);
-        case LayerKind::Embedding: return embedding_forward(L, y.data, x.data, B);
         case LayerKind::Activation:
             if (L.passthrough) {  // the MaxPool2D after it applies the ReLU
                 if (y.data != x.data) std::memcpy(y.data, x.data, n * sizeof(float));
@@ -7016,21 +7158,8 @@ Status forward(Layer& L, Tensor y, const Tensor& x, Mode mode) {
             if (y.data != x.data) std::memcpy(y.data, x.data, n * sizeof(float));
             break;
         case LayerKind::Custom: L.custom->forward(L, y, x, mode); break;
-        case LayerKind::Conv2D: conv_layer_forward(L, y.data, x.data, B); break;
-        case LayerKind::MaxPool2D:
-            maxpool2d_forward(y.data, L.indices, x.data, layer_pool_geometry(L), (size_t)B,
-                              (size_t)L.in_shape.dim[0]);
-            if (L.relu_after_pool) leaky_relu_forward(y.data, y.data, 0.0f, y.numel());
-            break;
-        case LayerKind::AvgPool2D:
-            avgpool2d_forward(y.data, x.data, layer_pool_geometry(L), L.count_include_pad, (size_t)B,
-                              (size_t)L.in_shape.dim[0]);
-            break;
-        case LayerKind::GlobalAvgPool:
-            global_avgpool_forward(y.data, x.data, (size_t)B, (size_t)L.in_shape.dim[0],
-                                   (size_t)L.in_shape.dim[1] * (size_t)L.in_shape.dim[2]);
-            break;
-        case LayerKind::BatchNorm: return batchnorm_layer_forward(L, y.data, x.data, B, mode);
+        default:  // the kinds with large kernels (layer_uses_code); build checked L.code
+            return L.code->forward(L, y.data, x.data, B, mode);
     }
     return Status{};
 }
@@ -7055,14 +7184,6 @@ static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor&
             dense_backward_z(L, dx.data, dz, x.data, rows, overwrite_grads);
             break;
         }
-        case LayerKind::Recurrent:
-            if (overwrite_grads) zero_grad(L);
-            rnn_layer_backward(L, dx.data, dy.data, B);
-            break;
-        case LayerKind::Embedding:
-            if (overwrite_grads) zero_grad(L);
-            embedding_backward(L, dx.data, dy.data, x.data, B);
-            break;
         case LayerKind::Activation:
             if (L.passthrough) {  // the MaxPool2D after it masked the gradient
                 if (dx.data && dx.data != dy.data) std::memcpy(dx.data, dy.data, n_out * sizeof(float));
@@ -7084,23 +7205,9 @@ static Status backward_impl(Layer& L, Tensor dx, const Tensor& dy, const Tensor&
             if (overwrite_grads) zero_grad(L);  // custom layers accumulate
             L.custom->backward(L, dx, dy, x, y);
             break;
-        case LayerKind::Conv2D: conv_layer_backward(L, dx.data, dy.data, x.data, B, overwrite_grads); break;
-        case LayerKind::MaxPool2D:
-            if (dx.data)
-                maxpool2d_backward(dx.data, dy.data, L.indices, layer_pool_geometry(L), (size_t)B,
-                                   (size_t)L.in_shape.dim[0], L.relu_after_pool ? y.data : nullptr);
+        default:  // the kinds with large kernels (layer_uses_code)
+            L.code->backward(L, dx.data, dy.data, x.data, y.data, B, overwrite_grads);
             break;
-        case LayerKind::AvgPool2D:
-            if (dx.data)
-                avgpool2d_backward(dx.data, dy.data, layer_pool_geometry(L), L.count_include_pad, (size_t)B,
-                                   (size_t)L.in_shape.dim[0]);
-            break;
-        case LayerKind::GlobalAvgPool:
-            if (dx.data)
-                global_avgpool_backward(dx.data, dy.data, (size_t)B, (size_t)L.in_shape.dim[0],
-                                        (size_t)L.in_shape.dim[1] * (size_t)L.in_shape.dim[2]);
-            break;
-        case LayerKind::BatchNorm: batchnorm_layer_backward(L, dx.data, dy.data, x.data, B, overwrite_grads); break;
     }
     return Status{};
 }

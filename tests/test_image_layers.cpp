@@ -9,7 +9,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "nn.hpp"
@@ -162,6 +164,30 @@ TEST(Conv2DLayer, BadConfigurationsNameTheLayer) {
     nn::Status st = m.add(nn::Conv2D(1, 2, 5));
     ASSERT_FALSE(st.ok());
     EXPECT_TRUE(contains(st, "conv2d")) << st.message();
+}
+
+// A kind with large kernels runs through the code its constructor sets
+// (Layer::code), so that programs link only the kernels they use. A layer of
+// such a kind made by hand is an error at build naming it, not a crash.
+TEST(LayerCode, KindsWithKernelsNeedTheirConstructor) {
+    const nn::Layer made[] = {nn::Conv2D(1, 2, 3), nn::MaxPool2D(2),   nn::AvgPool2D(2), nn::GlobalAvgPool(),
+                              nn::BatchNorm2d(), nn::LSTM(0, 3),       nn::Embedding(5, 2)};
+    for (const nn::Layer& L : made) EXPECT_NE(L.code, nullptr) << L.type_name();
+    EXPECT_EQ(nn::Dense(3).code, nullptr);
+    EXPECT_NE(nn::Conv2D(1, 2, 3).code, nn::MaxPool2D(2).code);
+
+    nn::Layer by_hand;
+    by_hand.kind = nn::LayerKind::MaxPool2D;
+    by_hand.kernel = by_hand.stride = 2;
+    std::snprintf(by_hand.name, sizeof by_hand.name, "pool_by_hand");
+    nn::Arena arena;
+    ASSERT_TRUE(arena.reserve(1 << 16).ok());
+    nn::Status st = nn::build(by_hand, nn::make_shape({1, 4, 4}), 1, arena);
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(std::string(st.message()).find("\"pool_by_hand\" (MaxPool2D): made without its constructor"),
+              std::string::npos)
+        << st.message();
+    EXPECT_FALSE(by_hand.built);
 }
 
 // --- Pooling --------------------------------------------------------------------
