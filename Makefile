@@ -61,6 +61,7 @@ help:
 	@echo "make test-arm  the suite for arm64, armhf (NEON) and armv6 (scalar) under qemu-user"
 	@echo "               (test-arm64, test-armhf, test-armv6; installs cross compilers via deps-arm)"
 	@echo "make size      object and static-program sizes per target into $(BUILD)/size/ (tools/size.sh)"
+	@echo "make deps-musl musl for arm64 (adds the arm64 dpkg architecture), for make size's aarch64-musl row"
 	@echo "make fuzz      libFuzzer on the safetensors, IDX, CSV and CIFAR readers, FUZZ_SECONDS each"
 	@echo "               (make fuzz-deps installs clang and its runtime)"
 	@echo "make firmware-header  regenerate examples/firmware_mlp.hpp with build/nn-export"
@@ -228,17 +229,29 @@ $(eval $(call ARM_TEST,arm64,aarch64-linux-gnu-g++ -march=armv8-a,qemu-aarch64 -
 $(eval $(call ARM_TEST,armhf,arm-linux-gnueabihf-g++ -march=armv7-a -mfpu=neon -mfloat-abi=hard -Wno-psabi,qemu-arm -L /usr/arm-linux-gnueabihf))
 $(eval $(call ARM_TEST,armv6,arm-linux-gnueabihf-g++ -march=armv6 -mfpu=vfp -mfloat-abi=hard -marm -Wno-psabi,qemu-arm -L /usr/arm-linux-gnueabihf))
 
-.PHONY: test-arm test-arm64 test-armhf test-armv6 deps-arm
+.PHONY: test-arm test-arm64 test-armhf test-armv6 deps-arm deps-musl
 test-arm: test-arm64 test-armhf test-armv6
 
 # The cross compilers and qemu, installed as `make deps` installs its list.
 deps-arm:
 	@$(MAKE) --no-print-directory deps DEPS_PKGS="$(ARM_PKGS)"
 
+# Debian's musl C library for arm64, for `make size`'s aarch64-musl row. It
+# adds arm64 to dpkg's architectures, from which packages install only when
+# named, as musl-dev:arm64 is here.
+deps-musl: deps-arm
+	@if [ ! -f /usr/lib/aarch64-linux-musl/libc.a ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  dpkg --print-foreign-architectures | grep -qx arm64 || $$SUDO dpkg --add-architecture arm64; \
+	  echo "make deps-musl: installing musl-dev:arm64"; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q musl-dev:arm64; \
+	fi
+
 # Flash budgets (issue 8, BENCHMARKS.md): nn_impl.o at -O2 and the stripped,
 # statically linked examples/mlp_infer for x86-64 (native and generic),
-# aarch64, armhf and armv6 into $(BUILD)/size/<target>/, then a table. A
-# target whose cross compiler is missing is skipped with a message.
+# aarch64 (with glibc, and with musl when `make deps-musl` installed it),
+# armhf and armv6 into $(BUILD)/size/<target>/, then a table. A target whose
+# compiler or C library is missing is skipped with a message.
 .PHONY: size
 size:
 	BUILD=$(BUILD) CXX="$(CXX)" OPT="$(OPT)" sh tools/size.sh
