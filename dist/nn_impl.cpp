@@ -8806,6 +8806,17 @@ struct ModelCarve {
     Optimizer opt;
 };
 
+// Layer i's seed, from the model's through splitmix64's mixing: no layer
+// then draws the same numbers as a generator seeded with the model's seed
+// itself, as fit's shuffle, a data split or a user's Rng usually are. (With
+// seed + i, the first layer's weights were the shuffle's first draws.)
+static uint64_t layer_seed(uint64_t seed, int i) {
+    uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
 static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, ModelCarve* c) {
     Status st;
     c->layers = m.layers;
@@ -8857,7 +8868,7 @@ static Status carve_model(const Model& m, const CompileOptions& o, Arena& a, Mod
         L.pack_slots = slots;
         L.pack_stride = stride;
         L.pack_shared = true;
-        st = build(L, in, o.max_batch, a, o.seed + 1000003ULL * (uint64_t)i);
+        st = build(L, in, o.max_batch, a, layer_seed(o.seed, i));
         in = L.out_shape;
     }
     if (!st) return st;

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "nn.hpp"
 #include "tests/layer_check.hpp"
@@ -89,16 +90,20 @@ void expect_bias(const nn::Tensor& b, nn::Init init, double fan_in) {
     }
 }
 
-TEST(Init, DenseDrawsEachSchemeWithItsFans) {
-    const double fan_in = 784, fan_out = 128;
-    const Scheme schemes[] = {
+// Every scheme, with the bound or deviation nn.hpp gives for these fans.
+std::vector<Scheme> schemes_for(double fan_in, double fan_out) {
+    return {
         {nn::Init::Torch, true, 1.0 / std::sqrt(fan_in)},
         {nn::Init::GlorotUniform, true, std::sqrt(6.0 / (fan_in + fan_out))},
         {nn::Init::GlorotNormal, false, std::sqrt(2.0 / (fan_in + fan_out))},
         {nn::Init::HeUniform, true, std::sqrt(6.0 / fan_in)},
         {nn::Init::HeNormal, false, std::sqrt(2.0 / fan_in)},
     };
-    for (const Scheme& s : schemes) {
+}
+
+TEST(Init, DenseDrawsEachSchemeWithItsFans) {
+    const double fan_in = 784;
+    for (const Scheme& s : schemes_for(fan_in, 128)) {
         Built b(nn::Dense(784, 128).set_init(s.init), nn::make_shape({784}), 1, 7);
         ASSERT_TRUE(b.L.built);
         expect_distribution(b.L.weight(), s, "Dense 784->128");
@@ -109,15 +114,8 @@ TEST(Init, DenseDrawsEachSchemeWithItsFans) {
 TEST(Init, Conv2DCountsFansAsTorch) {
     // weight [96, 64 / 2, 3, 3]: fan_in = 32 * 9 = 288 (one group),
     // fan_out = 96 * 9 = 864 (all output channels, as torch.nn.init).
-    const double fan_in = 288, fan_out = 864;
-    const Scheme schemes[] = {
-        {nn::Init::Torch, true, 1.0 / std::sqrt(fan_in)},
-        {nn::Init::GlorotUniform, true, std::sqrt(6.0 / (fan_in + fan_out))},
-        {nn::Init::GlorotNormal, false, std::sqrt(2.0 / (fan_in + fan_out))},
-        {nn::Init::HeUniform, true, std::sqrt(6.0 / fan_in)},
-        {nn::Init::HeNormal, false, std::sqrt(2.0 / fan_in)},
-    };
-    for (const Scheme& s : schemes) {
+    const double fan_in = 288;
+    for (const Scheme& s : schemes_for(fan_in, 864)) {
         Built b(nn::Conv2D(64, 96, 3, 1, 1, 1, 2).set_init(s.init), nn::make_shape({64, 4, 4}), 1, 11);
         ASSERT_TRUE(b.L.built);
         ASSERT_EQ(b.L.weight().numel(), (size_t)96 * 32 * 9);
@@ -188,6 +186,42 @@ TEST(Init, ModelCompilesWithItAndRejectsItWhereItDoesNotApply) {
     ASSERT_FALSE(st.ok());
     EXPECT_NE(std::string(st.message()).find("unknown initializer 9"), std::string::npos) << st.message();
     EXPECT_FALSE(odd.built) << "a failed build leaves the layer as it was";
+}
+
+}  // namespace
+
+namespace {
+
+// compile seeds each layer from the model's seed through a mixing function:
+// the first layer's weights are not the first draws of Rng(seed), which is
+// what fit's shuffle and data splits draw from (they were, with seed + i).
+TEST(Init, LayerStreamsAreNotTheModelSeedsOwn) {
+    const uint64_t seed = 7;
+    nn::Model m;
+    m.set_input(nn::make_shape({16}));
+    m.add(nn::Dense(16, nn::Act::ReLU));
+    m.add(nn::Dense(16));
+    nn::CompileOptions co;
+    co.max_batch = 1;
+    co.seed = seed;
+    nn::Status st = m.compile(co);
+    ASSERT_TRUE(st.ok()) << st.message();
+    const float bound = 1.0f / std::sqrt(16.0f);
+    nn::Rng shuffle_stream(seed);
+    int same_as_stream = 0, same_as_other_layer = 0;
+    for (size_t i = 0; i < 256; ++i) {
+        same_as_stream += m.layer(0).weight()[i] == shuffle_stream.uniform(-bound, bound);
+        same_as_other_layer += m.layer(0).weight()[i] == m.layer(1).weight()[i];
+    }
+    EXPECT_EQ(same_as_stream, 0);
+    EXPECT_EQ(same_as_other_layer, 0);
+    // The same seed gives the same model.
+    nn::Model again;
+    again.set_input(nn::make_shape({16}));
+    again.add(nn::Dense(16, nn::Act::ReLU));
+    again.add(nn::Dense(16));
+    ASSERT_TRUE(again.compile(co).ok());
+    for (size_t i = 0; i < 256; ++i) ASSERT_EQ(again.layer(1).weight()[i], m.layer(1).weight()[i]) << i;
 }
 
 }  // namespace
