@@ -212,7 +212,8 @@ struct Rng {
 };
 
 // ===========================================================================
-// Layers: one tagged struct, dispatched by `kind` in forward/backward.
+// Layers: one tagged struct, dispatched by `kind` in forward/backward (the
+// kinds with large kernels through Layer::code, which their constructors set).
 // ===========================================================================
 enum class Act : uint8_t { None, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax };
 // How build() draws the initial weights of Dense and Conv2D (Layer::init).

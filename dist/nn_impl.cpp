@@ -5782,7 +5782,8 @@ void restore_denormals(uint64_t saved) {
 #endif
 }
 // ===========================================================================
-// Layers: constructors, build, forward, backward — one switch on `kind`.
+// Layers: constructors, build, forward, backward: a switch on `kind`, and for
+// the kinds with large kernels a LayerCode table (see make_layer).
 // ===========================================================================
 
 // Forward and backward of the kinds whose kernels are large, reached through
