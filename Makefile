@@ -217,7 +217,7 @@ $(BUILD)/$(1)/nn_tests: $(patsubst tests/%.cpp,$(BUILD)/$(1)/tests/%.o,$(TEST_SR
 	$(2) $(STD) $(ARM_OPT) $(WARN) $(patsubst tests/%.cpp,$(BUILD)/$(1)/tests/%.o,$(TEST_SRC)) $(BUILD)/$(1)/nn_impl.o $(BUILD)/$(1)/gtest-all.o -o $$@ -lpthread
 
 test-$(1): deps-arm
-	@$(MAKE) --no-print-directory $(BUILD)/$(1)/nn_tests
+	@$$(MAKE) --no-print-directory $(BUILD)/$(1)/nn_tests
 	@log=$(BUILD)/$(1)/nn_tests.log; \
 	{ $(3) $(abspath $(BUILD))/$(1)/nn_tests; echo $$$$? > $$$$log.rc; } | tee $$$$log; \
 	rc=$$$$(cat $$$$log.rc); last=$$$$(tail -n 1 $$$$log); \

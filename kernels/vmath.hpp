@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "simd.hpp"
 
@@ -157,7 +158,10 @@ inline vf load_partial(const float* x, size_t n, float fill) {
 inline void store_partial(float* y, const vf& v, size_t n) {
     alignas(64) float buf[kWidth];
     v.store_aligned(buf);
-    for (size_t k = 0; k < n; ++k) y[k] = buf[k];  // k: lanes
+    // n <= kWidth by contract. Stated here, as one copy, because GCC 12
+    // otherwise turns the lane loop into a copy it cannot bound where a
+    // shifted-row tile inlines this, and warns (-Warray-bounds, armhf).
+    std::memcpy(y, buf, (n < (size_t)kWidth ? n : (size_t)kWidth) * sizeof(float));
 }
 inline float hmax(const vf& v) {
     alignas(64) float buf[kWidth];
